@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -46,11 +47,14 @@ from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ResourceError, ToolError
 from fastmcp.server.auth.providers.debug import DebugTokenVerifier
 from fastmcp.server.middleware.rate_limiting import RateLimitingMiddleware
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types import ResourceTemplateReference, SamplingMessage, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("safe_data")
+# ask_database uses sampling knowingly: it is deprecated in the newest protocol, still offered by older ones.
+warnings.filterwarnings("ignore", "The sampling capability is deprecated", MCPDeprecationWarning)
 
 # --- Constants ---------------------------------------------------------------------------------
 
@@ -354,6 +358,14 @@ class SQLiteDatabase:
             return conn.execute(f"SELECT count(*) FROM {quote_identifier(name)}").fetchone()[0]
         except sqlite3.OperationalError:
             return None  # interrupted by the deadline, or a view that cannot be evaluated
+
+    def schema_sql(self, deadline: Deadline) -> str:
+        """The CREATE statements, for a model that is asked to write SQL against them."""
+        conn, _ = self._connect(deadline)
+        try:
+            return "\n".join(sql for _, _, sql in self._objects(conn) if sql)[:20_000]
+        finally:
+            conn.close()
 
     def list_tables(self, deadline: Deadline) -> list[TableSummary]:
         conn, _ = self._connect(deadline)
@@ -895,6 +907,10 @@ def _write_demo_database(path: Path) -> None:
 # --- The server --------------------------------------------------------------------------------
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+NO_SAMPLING = (
+    "this client cannot answer sampling requests, so the server cannot ask its model for SQL;"
+    " write the query yourself and call query_database"
+)
 ASK_SYSTEM_PROMPT = (
     "You translate a question into exactly one read-only SQLite SELECT statement for the schema"
     " below. Answer with the SQL only: no prose, no code fences, no semicolon-separated extras."
@@ -1059,18 +1075,19 @@ def create_server(settings: Settings) -> FastMCP:
         Args:
             question: What you want to know about the data, for example "top five customers by spend".
         """
-        capabilities = ctx.session.client_params.capabilities if ctx.session.client_params else None
+        capabilities = ctx.session.client_capabilities
         if capabilities is None or capabilities.sampling is None:
-            raise ToolError(
-                "this client does not offer sampling, so the server cannot ask its model for SQL;"
-                " write the query yourself and call query_database"
+            raise ToolError(NO_SAMPLING)
+        schema = await run_sql(None, database.schema_sql)
+        try:
+            reply = await ctx.session.create_message(
+                messages=[SamplingMessage(role="user", content=TextContent(type="text", text=question))],
+                system_prompt=f"{ASK_SYSTEM_PROMPT}\n\n{schema}",
+                max_tokens=800,
+                related_request_id=ctx.request_id,
             )
-        schema = await run_sql(None, lambda deadline: schema_text(database, deadline))
-        reply = await ctx.session.create_message(
-            messages=[SamplingMessage(role="user", content=TextContent(type="text", text=question))],
-            system_prompt=f"{ASK_SYSTEM_PROMPT}\n\n{schema}",
-            max_tokens=800,
-        )
+        except MCPError as exc:  # no back-channel on this connection, or the user declined
+            raise ToolError(f"{NO_SAMPLING} ({exc})") from None
         sql = extract_sql(getattr(reply.content, "text", "") or "")
         if not sql:
             raise ToolError("the client's model gave no SQL for that question; rephrase it")
@@ -1177,14 +1194,6 @@ def create_server(settings: Settings) -> FastMCP:
         return []
 
     return mcp
-
-
-def schema_text(database: SQLiteDatabase, deadline: Deadline) -> str:
-    conn, _ = database._connect(deadline)
-    try:
-        return "\n".join(sql for _, _, sql in database._objects(conn) if sql)[:20_000]
-    finally:
-        conn.close()
 
 
 def extract_sql(reply: str) -> str:
