@@ -59,6 +59,7 @@ warnings.filterwarnings("ignore", "The sampling capability is deprecated", MCPDe
 # --- Constants ---------------------------------------------------------------------------------
 
 SERVER_NAME = "safe-data"
+SERVER_VERSION = "0.1.0"
 MAX_ROWS_LIMIT = 100_000  # the most any one page may hold, whatever the settings say
 MAX_CELL_CHARS = 10_000  # a longer text cell is cut (with a marker) so one value cannot flood a reply
 MAX_RESULT_BYTES = 4 * 1024 * 1024  # a page stops early past this, well under the 4 MiB HTTP body cap
@@ -90,6 +91,7 @@ REPORTING_PRAGMAS = {
     "user_version", "application_id", "schema_version",
 }  # fmt: skip
 SETTABLE_PRAGMAS = {"page_size", "encoding", "user_version", "application_id", "schema_version"}
+WRITE_ACTIONS = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE}
 REFUSED_FUNCTIONS = {"load_extension", "fts3_tokenizer"}  # native code and raw pointers
 
 
@@ -436,10 +438,11 @@ def _authorize(refusals: list[str], action: int, arg1: str | None, arg2: str | N
         name = (arg1 or "").lower()
         if name in REPORTING_PRAGMAS and not (name in SETTABLE_PRAGMAS and arg2 is not None):
             return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_UPDATE and arg1 in ("sqlite_master", "sqlite_temp_master"):
-        # SQLite's own nested parse when a pragma_* table function is first used on a connection.
-        # A statement cannot write there: SQLite refuses it outright, and the connection is
-        # read-only three times over (mode=ro, query_only, writable_schema refused above).
+    if action in WRITE_ACTIONS and arg1 in ("sqlite_master", "sqlite_temp_master"):
+        # SQLite's own bookkeeping: the nested parse when a pragma_* table function is first used,
+        # and the schema-row edit behind every DDL verb. The verb itself (CREATE/DROP/...) has its
+        # own action code and is refused; a direct write to sqlite_master is refused by SQLite,
+        # and the connection is read-only three times over (mode=ro, query_only, no writable_schema).
         return sqlite3.SQLITE_OK
     refusals.append(_refusal_reason(action, arg1, arg2))
     return sqlite3.SQLITE_DENY
@@ -973,6 +976,7 @@ def create_server(settings: Settings) -> FastMCP:
     )
     mcp = DataServer(
         SERVER_NAME,
+        version=SERVER_VERSION,
         instructions=(
             "Read-only access to a SQL database and a folder of JSON files. Start with list_tables"
             " and describe_table, then query_database with one SELECT; page on with next_cursor."

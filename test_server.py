@@ -1,0 +1,1202 @@
+"""Tests for server.py: every tool, resource and error path through FastMCP's own client, and
+end-to-end runs over real transports (stdio, SSE, streamable HTTP) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastmcp import Client
+from fastmcp.client.transports import SSETransport, StdioTransport, StreamableHttpTransport
+from fastmcp.exceptions import ToolError
+
+import server
+from server import Settings, create_server
+
+HERE = Path(__file__).parent
+PYTHON = sys.executable
+
+# --- Fixtures: a real SQLite file and a real folder, built per test --------------------------------
+
+SCHEMA = """
+CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL, born INTEGER);
+CREATE TABLE books (
+    id INTEGER PRIMARY KEY,
+    author_id INTEGER NOT NULL REFERENCES authors(id),
+    title TEXT NOT NULL DEFAULT 'untitled',
+    price REAL
+);
+CREATE INDEX books_by_author ON books(author_id);
+CREATE VIEW book_titles AS SELECT b.title, a.name FROM books b JOIN authors a ON a.id = b.author_id;
+CREATE TABLE oddities (id INTEGER PRIMARY KEY, value);
+CREATE TABLE numbers (n INTEGER PRIMARY KEY);
+"""
+
+
+def build_database(path: Path) -> Path:
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    conn.executemany("INSERT INTO authors VALUES (?, ?, ?)", [(1, "Ursula", 1929), (2, "Stanisław", 1921)])
+    conn.executemany(
+        "INSERT INTO books VALUES (?, ?, ?, ?)",
+        [(1, 1, "The Dispossessed", 9.5), (2, 1, "Earthsea", 7.25), (3, 2, "Solaris", 8.0)],
+    )
+    conn.executemany(
+        "INSERT INTO oddities VALUES (?, ?)",
+        [
+            (1, b"\x00\x01binary\xff"),
+            (2, float("nan")),  # SQLite stores NaN as NULL
+            (3, float("inf")),
+            (4, float("-inf")),
+            (5, "x" * (server.MAX_CELL_CHARS + 500)),
+            (6, 2**63 - 1),
+        ],
+    )
+    conn.execute("INSERT INTO oddities VALUES (7, CAST(X'66fe6f' AS TEXT))")  # invalid UTF-8 text
+    conn.executemany("INSERT INTO numbers VALUES (?)", [(n,) for n in range(1, 2501)])
+    conn.commit()
+    conn.close()
+    return path
+
+
+def build_files(root: Path) -> Path:
+    (root / "nested" / "deeper").mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"name": "demo", "a/b": 1, "m~n": 2, "list": [10, 20, 30]}))
+    (root / "nested" / "item.json").write_text('{"id": 7}')
+    (root / "nested" / "deeper" / "leaf.json").write_text("[1, 2, 3]")
+    (root / "nested" / "notes.txt").write_text("not json")
+    (root / "bom.json").write_bytes(b'\xef\xbb\xbf{"ok": true}')
+    return root
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return build_database(tmp_path / "library.db")
+
+
+@pytest.fixture
+def files_root(tmp_path: Path) -> Path:
+    return build_files(tmp_path / "files")
+
+
+@pytest.fixture
+def settings(db_path: Path, files_root: Path) -> Settings:
+    return Settings(db_path=db_path, files_root=files_root)
+
+
+@pytest.fixture
+def make_server(settings: Settings):
+    def make(**overrides):
+        return create_server(Settings(**{**dict(settings), **overrides}))
+
+    return make
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def call(client: Client, tool: str, **arguments):
+    """Call a tool and return its structured result (raises ToolError on a tool error)."""
+    return (await client.call_tool(tool, arguments)).structured_content
+
+
+async def error_of(client: Client, tool: str, **arguments) -> str:
+    result = await client.call_tool(tool, arguments, raise_on_error=False)
+    assert result.is_error, f"{tool}({arguments}) should have failed but returned {result.structured_content}"
+    return result.content[0].text
+
+
+# --- The tool list ---------------------------------------------------------------------------------
+
+EXPECTED_TOOLS = {
+    "query_database": ["query", "params", "max_rows", "cursor"],
+    "ask_database": ["question"],
+    "list_tables": [],
+    "describe_table": ["table"],
+    "read_json": ["filepath", "pointer"],
+    "list_files": ["directory", "pattern"],
+}
+
+
+async def test_tool_list_matches_interface(make_server):
+    async with Client(make_server()) as client:
+        tools = {tool.name: tool for tool in await client.list_tools()}
+    assert {name: list(tool.input_schema.get("properties", {})) for name, tool in tools.items()} == EXPECTED_TOOLS
+
+
+async def test_every_tool_is_annotated_read_only_idempotent_closed_world(make_server):
+    async with Client(make_server()) as client:
+        tools = await client.list_tools()
+    for tool in tools:
+        hints = tool.annotations
+        assert (hints.read_only_hint, hints.idempotent_hint, hints.open_world_hint) == (True, True, False), tool.name
+        assert hints.destructive_hint is False, tool.name
+
+
+async def test_every_tool_and_parameter_is_described(make_server):
+    async with Client(make_server()) as client:
+        tools = await client.list_tools()
+    for tool in tools:
+        assert tool.description and len(tool.description) > 20, tool.name
+        for name, schema in tool.input_schema.get("properties", {}).items():
+            assert schema.get("description"), f"{tool.name}.{name} has no description"
+
+
+async def test_query_tool_publishes_output_schema(make_server):
+    async with Client(make_server()) as client:
+        tool = next(t for t in await client.list_tools() if t.name == "query_database")
+    assert set(tool.output_schema["properties"]) >= {"columns", "rows", "row_count", "truncated", "elapsed_ms"}
+
+
+# --- query_database: reads ----------------------------------------------------------------------
+
+
+async def test_query_returns_columns_and_rows_in_order(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query="SELECT id, title FROM books ORDER BY id")
+    assert result["columns"] == ["id", "title"]
+    assert result["rows"] == [[1, "The Dispossessed"], [2, "Earthsea"], [3, "Solaris"]]
+    assert result["row_count"] == 3
+    assert result["truncated"] is False
+    assert result["next_cursor"] is None
+    assert result["elapsed_ms"] >= 0
+
+
+async def test_query_text_content_is_the_same_json(make_server):
+    async with Client(make_server()) as client:
+        result = await client.call_tool("query_database", {"query": "SELECT 1 AS one"})
+    assert json.loads(result.content[0].text)["rows"] == [[1]]
+
+
+async def test_query_positional_params(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query="SELECT title FROM books WHERE price > ?", params=[8])
+    assert result["rows"] == [["The Dispossessed"]]
+
+
+async def test_query_named_params(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query="SELECT name FROM authors WHERE id = :id", params={"id": 2})
+    assert result["rows"] == [["Stanisław"]]
+
+
+GOOD_SQL = [
+    "SELECT * FROM books",
+    "select * from books",
+    "   \n\tSELECT 1",
+    "-- a leading comment\nSELECT 1",
+    "/* block comment */ SELECT 1",
+    "SELECT 1;",
+    "SELECT 1; -- trailing comment",
+    "SELECT 1 /* trailing block */",
+    "WITH cheap AS (SELECT * FROM books WHERE price < 9) SELECT count(*) FROM cheap",
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10) SELECT sum(x) FROM c",
+    "EXPLAIN QUERY PLAN SELECT * FROM books WHERE author_id = 1",
+    "EXPLAIN SELECT 1",
+    "SELECT * FROM pragma_table_info('books')",
+    "SELECT * FROM pragma_index_list('books')",
+    "SELECT * FROM pragma_foreign_key_list('books')",
+    "PRAGMA table_info(books)",
+    "PRAGMA user_version",
+    "SELECT name FROM sqlite_schema WHERE type = 'table'",
+    "SELECT * FROM book_titles",
+    "SELECT 'DROP TABLE books' AS looks_like_a_write",
+    "SELECT \"delete\" FROM (SELECT 1 AS \"delete\")",
+    "VALUES (1, 2), (3, 4)",
+    "SELECT upper(title), length(title), json_object('t', title) FROM books",
+]
+
+
+@pytest.mark.parametrize("sql", GOOD_SQL)
+async def test_legitimate_reads_succeed(make_server, db_path, sql):
+    before = digest(db_path)
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query=sql)
+    assert result["columns"]
+    assert digest(db_path) == before
+
+
+BAD_SQL = {
+    "DELETE FROM books": "DELETE",
+    "delete from books where id = 1": "DELETE",
+    "  -- sneaky\n  UPDATE books SET price = 0": "UPDATE",
+    "INSERT INTO authors VALUES (9, 'x', 1)": "INSERT",
+    "REPLACE INTO authors VALUES (1, 'x', 1)": "INSERT",
+    "INSERT INTO authors VALUES (9, 'x', 1) RETURNING id": "INSERT",
+    "WITH x AS (SELECT 1) DELETE FROM books": "DELETE",
+    "DROP TABLE books": "DROP TABLE",
+    "CREATE TABLE t (a)": "CREATE TABLE",
+    "CREATE TEMP TABLE t (a)": "CREATE TEMP TABLE",
+    "CREATE VIEW v AS SELECT 1": "CREATE VIEW",
+    "CREATE INDEX i ON books(title)": "CREATE INDEX",
+    "ALTER TABLE books ADD COLUMN x": "ALTER",
+    "ATTACH DATABASE ':memory:' AS other": "ATTACH",
+    "VACUUM": "VACUUM",
+    "REINDEX": "REINDEX",
+    "ANALYZE": "sqlite_stat1 modifies the database",
+    "PRAGMA query_only = OFF": "PRAGMA query_only",
+    "PRAGMA writable_schema = ON": "PRAGMA writable_schema",
+    "PRAGMA journal_mode = DELETE": "PRAGMA journal_mode",
+    "PRAGMA user_version = 5": "PRAGMA user_version",
+    "SELECT load_extension('/tmp/evil')": "load_extension",
+    "BEGIN": "transaction",
+    "COMMIT": "transaction",
+    "SAVEPOINT s": "transaction",
+}
+
+
+@pytest.mark.parametrize(("sql", "named"), BAD_SQL.items())
+async def test_writes_and_escapes_are_refused_by_name(make_server, db_path, sql, named):
+    before = digest(db_path)
+    async with Client(make_server()) as client:
+        message = await error_of(client, "query_database", query=sql)
+        assert (await call(client, "query_database", query="SELECT count(*) FROM books"))["rows"] == [[3]]
+    assert "only read-only statements are allowed" in message or "not" in message
+    assert named.lower() in message.lower(), message
+    assert digest(db_path) == before
+
+
+async def test_write_refusal_says_what_modifies(make_server):
+    async with Client(make_server()) as client:
+        message = await error_of(client, "query_database", query="DELETE FROM books")
+    assert message.startswith("only read-only statements are allowed: DELETE on books modifies the database")
+
+
+async def test_vacuum_into_leaves_no_file(make_server, tmp_path):
+    target = tmp_path / "copy.db"
+    async with Client(make_server()) as client:
+        message = await error_of(client, "query_database", query=f"VACUUM INTO '{target}'")
+    assert "VACUUM INTO" in message
+    assert not target.exists()
+
+
+async def test_attach_creates_no_file(make_server, tmp_path):
+    target = tmp_path / "new.db"
+    async with Client(make_server()) as client:
+        await error_of(client, "query_database", query=f"ATTACH DATABASE '{target}' AS evil")
+        await error_of(client, "query_database", query=f"ATTACH DATABASE 'file:{target}?mode=rwc' AS evil")
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    "sql", ["SELECT 1; SELECT 2", "SELECT 1; DELETE FROM books", "SELECT 1;;", "SELECT 1; -- c\n DROP TABLE books"]
+)
+async def test_several_statements_are_refused(make_server, db_path, sql):
+    before = digest(db_path)
+    async with Client(make_server()) as client:
+        message = await error_of(client, "query_database", query=sql)
+    assert "one SQL statement" in message
+    assert digest(db_path) == before
+
+
+async def test_statement_past_deadline_is_stopped(make_server):
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    async with Client(make_server(query_timeout_ms=300)) as client:
+        started = time.monotonic()
+        message = await error_of(client, "query_database", query=endless)
+        elapsed = time.monotonic() - started
+        assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    assert "300 ms deadline" in message
+    assert elapsed < 5
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "expected"),
+    [
+        ("SELEC 1", None, "syntax error"),
+        ("SELECT * FROM missing_table", None, "no such table"),
+        ("SELECT ?", [], "parameters"),
+        ("SELECT ?", [1, 2], "parameters"),
+        ("SELECT :a", {"b": 1}, "parameters"),
+        ("SELECT ?", [2**70], "64 bits"),
+        ("SELECT ?", ["\ud800"], "Unicode"),
+        ("SELECT ?", [{"nested": "object"}], "parameters"),
+        ("", None, "give a SQL query"),
+    ],
+)
+async def test_malformed_queries_get_clear_errors(make_server, sql, params, expected):
+    async with Client(make_server()) as client:
+        message = await error_of(client, "query_database", query=sql, params=params)
+    assert expected.lower() in message.lower(), message
+
+
+# --- query_database: values, pages and cells -------------------------------------------------------
+
+
+async def test_values_always_serialize(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query="SELECT id, value FROM oddities ORDER BY id")
+    values = dict(result["rows"])
+    assert values[1] == {"$blob": "AAFiaW5hcnn/", "bytes": 9}
+    assert (values[2], values[3], values[4]) == (None, "Infinity", "-Infinity")
+    assert values[5].endswith(f"…[{server.MAX_CELL_CHARS + 500} chars]")
+    assert len(values[5]) < server.MAX_CELL_CHARS + 30
+    assert values[6] == 2**63 - 1
+    assert values[7] == "f\ufffdo"
+
+
+async def test_long_blob_is_cut_with_its_length(make_server):
+    size = server.MAX_CELL_CHARS * 2
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query=f"SELECT zeroblob({size})")
+    blob = result["rows"][0][0]
+    assert blob["bytes"] == size and blob["truncated"] is True
+    assert len(blob["$blob"]) <= server.MAX_CELL_CHARS
+
+
+async def test_max_rows_truncates_and_offers_a_cursor(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query="SELECT n FROM numbers", max_rows=10)
+    assert result["row_count"] == 10 and result["truncated"] is True and result["next_cursor"]
+
+
+async def test_default_max_rows_comes_from_settings(make_server):
+    async with Client(make_server(max_rows=7)) as client:
+        result = await call(client, "query_database", query="SELECT n FROM numbers")
+    assert result["row_count"] == 7 and result["truncated"]
+
+
+async def test_pages_return_every_row_exactly_once(make_server):
+    seen: list[int] = []
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query="SELECT n FROM numbers ORDER BY n DESC", max_rows=333)
+        seen += [row[0] for row in result["rows"]]
+        pages = 1
+        while result["next_cursor"]:
+            result = await call(client, "query_database", cursor=result["next_cursor"])
+            seen += [row[0] for row in result["rows"]]
+            pages += 1
+    assert seen == list(range(2500, 0, -1))
+    assert pages == math.ceil(2500 / 333)
+
+
+async def test_cursor_keeps_parameters(make_server):
+    async with Client(make_server()) as client:
+        first = await call(client, "query_database", query="SELECT n FROM numbers WHERE n > ?", params=[2490], max_rows=6)
+        second = await call(client, "query_database", cursor=first["next_cursor"])
+    assert [r[0] for r in first["rows"] + second["rows"]] == list(range(2491, 2501))
+    assert second["truncated"] is False and second["next_cursor"] is None
+
+
+async def test_tampered_cursor_is_refused(make_server):
+    async with Client(make_server()) as client:
+        cursor = (await call(client, "query_database", query="SELECT n FROM numbers", max_rows=5))["next_cursor"]
+        body, sig = cursor.split(".")
+        forged = server.base64.urlsafe_b64encode(
+            server.base64.urlsafe_b64decode(body).replace(b'"o":5', b'"o":0')
+        ).decode()
+        message = await error_of(client, "query_database", cursor=f"{forged}.{sig}")
+        garbage = await error_of(client, "query_database", cursor="not-a-cursor")
+    assert "not valid" in message and "not valid" in garbage
+
+
+async def test_cursor_from_another_server_is_refused(make_server):
+    async with Client(make_server()) as client:
+        cursor = (await call(client, "query_database", query="SELECT n FROM numbers", max_rows=5))["next_cursor"]
+    async with Client(make_server()) as client:
+        message = await error_of(client, "query_database", cursor=cursor)
+    assert "not valid" in message
+
+
+async def test_cursor_with_shared_secret_works_across_servers(make_server):
+    async with Client(make_server(cursor_secret="s3cret")) as client:
+        cursor = (await call(client, "query_database", query="SELECT n FROM numbers", max_rows=5))["next_cursor"]
+    async with Client(make_server(cursor_secret="s3cret")) as client:
+        result = await call(client, "query_database", cursor=cursor, max_rows=2)
+    assert result["rows"] == [[6], [7]]
+
+
+async def test_expired_cursor_is_refused(make_server, monkeypatch):
+    async with Client(make_server()) as client:
+        cursor = (await call(client, "query_database", query="SELECT n FROM numbers", max_rows=5))["next_cursor"]
+        later = time.time() + server.CURSOR_TTL_S + 1
+        monkeypatch.setattr(server.time, "time", lambda: later)
+        message = await error_of(client, "query_database", cursor=cursor)
+    assert "expired" in message
+
+
+async def test_cursor_refuses_changed_data(make_server, db_path):
+    async with Client(make_server()) as client:
+        cursor = (await call(client, "query_database", query="SELECT n FROM numbers", max_rows=5))["next_cursor"]
+        with sqlite3.connect(db_path) as writer:
+            writer.execute("DELETE FROM numbers WHERE n = 1")
+        message = await error_of(client, "query_database", cursor=cursor)
+    assert "changed" in message
+
+
+async def test_page_is_bounded_in_bytes(make_server, monkeypatch):
+    monkeypatch.setattr(server, "MAX_RESULT_BYTES", 50_000)
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query="SELECT n, printf('%.500c', 'x') FROM numbers")
+    assert result["truncated"] and 50 <= result["row_count"] < 200
+
+
+# --- Schema: tools, resources, completion -----------------------------------------------------------
+
+
+async def test_list_tables_counts_rows(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "list_tables")
+    assert {t["name"]: (t["type"], t["row_count"]) for t in result["tables"]} == {
+        "authors": ("table", 2),
+        "book_titles": ("view", 3),
+        "books": ("table", 3),
+        "numbers": ("table", 2500),
+        "oddities": ("table", 7),
+    }
+
+
+async def test_describe_table_gives_columns_keys_indexes(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "describe_table", table="books")
+    assert [(c["name"], c["type"], c["nullable"], c["primary_key"]) for c in result["columns"]] == [
+        ("id", "INTEGER", True, 1),
+        ("author_id", "INTEGER", False, 0),
+        ("title", "TEXT", False, 0),
+        ("price", "REAL", True, 0),
+    ]
+    assert result["columns"][2]["default"] == "'untitled'"
+    assert result["foreign_keys"] == [{"columns": ["author_id"], "references_table": "authors", "references_columns": ["id"]}]
+    assert result["indexes"] == [{"name": "books_by_author", "columns": ["author_id"], "unique": False}]
+    assert result["row_count"] == 3
+    assert result["create_sql"].startswith("CREATE TABLE books")
+
+
+async def test_describe_view(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "describe_table", table="book_titles")
+    assert result["type"] == "view" and [c["name"] for c in result["columns"]] == ["title", "name"]
+
+
+@pytest.mark.parametrize("name", ["nope", "books; DROP TABLE books", "books' OR '1'='1", 'books" --', "sqlite_schema"])
+async def test_describe_unknown_table_names_the_tables(make_server, db_path, name):
+    before = digest(db_path)
+    async with Client(make_server()) as client:
+        message = await error_of(client, "describe_table", table=name)
+    assert "no table or view named" in message and "authors, book_titles, books" in message
+    assert digest(db_path) == before
+
+
+async def test_table_named_with_quotes_is_described(tmp_path, files_root):
+    db = tmp_path / "odd.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute('CREATE TABLE "we""ird; name" (x)')
+        conn.execute('INSERT INTO "we""ird; name" VALUES (1)')
+    async with Client(create_server(Settings(db_path=db, files_root=files_root))) as client:
+        result = await call(client, "describe_table", table='we"ird; name')
+        tables = await call(client, "list_tables")
+    assert result["row_count"] == 1
+    assert tables["tables"][0]["row_count"] == 1
+
+
+async def test_schema_resources_list(make_server):
+    async with Client(make_server()) as client:
+        resources = {str(r.uri) for r in await client.list_resources()}
+        templates = {t.uri_template for t in await client.list_resource_templates()}
+    assert resources == {"config://app/settings", "schema://tables"}
+    assert templates == {"schema://tables/{table}"}
+
+
+async def test_schema_tables_resource(make_server):
+    async with Client(make_server()) as client:
+        content = await client.read_resource("schema://tables")
+    tables = json.loads(content[0].text)["tables"]
+    assert [t["name"] for t in tables] == ["authors", "book_titles", "books", "numbers", "oddities"]
+
+
+async def test_schema_table_resource_matches_tool(make_server):
+    async with Client(make_server()) as client:
+        content = await client.read_resource("schema://tables/books")
+        tool = await call(client, "describe_table", table="books")
+    assert json.loads(content[0].text) == tool
+
+
+async def test_schema_table_resource_unknown_table(make_server):
+    async with Client(make_server()) as client:
+        with pytest.raises(Exception, match="no table or view named 'ghost'"):
+            await client.read_resource("schema://tables/ghost")
+
+
+async def test_table_name_completion(make_server):
+    ref = {"type": "ref/resource", "uri": "schema://tables/{table}"}
+    async with Client(make_server()) as client:
+        books = await client.complete(ref=ref, argument={"name": "table", "value": "boo"})
+        everything = await client.complete(ref=ref, argument={"name": "table", "value": ""})
+        other = await client.complete(ref=ref, argument={"name": "other", "value": ""})
+    assert books.values == ["book_titles", "books"]
+    assert len(everything.values) == 5
+    assert other.values == []
+
+
+async def test_settings_resource_hides_secrets(make_server):
+    async with Client(make_server(auth_token="hunter2", max_rows=42)) as client:
+        content = await client.read_resource("config://app/settings")
+    text = content[0].text
+    view = json.loads(text)
+    assert view["max_rows"] == 42 and view["auth_token"] == "set" and view["cursor_secret"] == "unset"
+    assert "hunter2" not in text
+
+
+# --- Files: read_json ------------------------------------------------------------------------------
+
+
+async def test_read_json_whole_file(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "read_json", filepath="nested/item.json")
+    assert result == {"path": "nested/item.json", "pointer": None, "value": {"id": 7}}
+
+
+@pytest.mark.parametrize(
+    ("pointer", "expected"),
+    [("", None), ("/name", "demo"), ("/list/1", 20), ("/a~1b", 1), ("/m~0n", 2), ("/list", [10, 20, 30])],
+)
+async def test_read_json_pointer(make_server, pointer, expected):
+    async with Client(make_server()) as client:
+        result = await call(client, "read_json", filepath="config.json", pointer=pointer)
+    assert result["value"] == (expected if pointer else result["value"])
+    if not pointer:
+        assert result["value"]["name"] == "demo"
+
+
+@pytest.mark.parametrize(
+    ("pointer", "expected"),
+    [("name", "starts with '/'"), ("/missing", "no member"), ("/list/3", "not an index"), ("/list/01", "not an index"),
+     ("/list/-", "not an index"), ("/name/x", "has no member")],
+)  # fmt: skip
+async def test_read_json_bad_pointer(make_server, pointer, expected):
+    async with Client(make_server()) as client:
+        message = await error_of(client, "read_json", filepath="config.json", pointer=pointer)
+    assert expected in message
+
+
+async def test_read_json_accepts_a_bom(make_server):
+    async with Client(make_server()) as client:
+        assert (await call(client, "read_json", filepath="bom.json"))["value"] == {"ok": True}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+        (b"[" * 300 + b"]" * 300, "nested deeper"),
+        (b'{"a": NaN}', "NaN is not JSON"),
+        (b"[Infinity]", "Infinity is not JSON"),
+        (b"[-Infinity]", "Infinity is not JSON"),
+        (b"1" * 5000, "not acceptable JSON"),
+        (b'{"a": 1, "a": 2}', "duplicate key 'a'"),
+        (b'{"a": "\xff"}', "not UTF-8"),
+        (b"{broken", "not valid JSON"),
+        (b"", "not valid JSON"),
+    ],
+    ids=["deep", "depth-300", "nan", "infinity", "neg-infinity", "huge-int", "dup-keys", "bad-utf8", "broken", "empty"],
+)
+async def test_read_json_refuses_broken_json(make_server, files_root, content, expected):
+    (files_root / "bad.json").write_bytes(content)
+    async with Client(make_server()) as client:
+        message = await error_of(client, "read_json", filepath="bad.json")
+        assert (await call(client, "read_json", filepath="nested/item.json"))["value"] == {"id": 7}
+    assert expected in message
+
+
+async def test_read_json_checks_size_before_reading(make_server, files_root):
+    (files_root / "big.json").write_text(json.dumps(["x" * 100] * 20))
+    async with Client(make_server(max_file_bytes=1000)) as client:
+        message = await error_of(client, "read_json", filepath="big.json")
+    assert "over the 1000-byte limit" in message
+
+
+async def test_read_json_refuses_a_fifo_without_blocking(make_server, files_root):
+    os.mkfifo(files_root / "pipe.json")
+    async with Client(make_server()) as client:
+        message = await asyncio.wait_for(error_of(client, "read_json", filepath="pipe.json"), timeout=5)
+    assert "only regular files" in message
+
+
+async def test_read_json_refuses_a_device(make_server, files_root):
+    (files_root / "null.json").symlink_to("/dev/null")
+    async with Client(make_server()) as client:
+        message = await error_of(client, "read_json", filepath="null.json")
+    assert "outside the files root" in message
+
+
+async def test_read_json_refuses_a_folder(make_server):
+    async with Client(make_server()) as client:
+        message = await error_of(client, "read_json", filepath="nested")
+    assert "folder" in message
+
+
+async def test_read_json_missing_file(make_server):
+    async with Client(make_server()) as client:
+        message = await error_of(client, "read_json", filepath="ghost.json")
+    assert "no such file" in message
+
+
+# --- Files: confinement ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def escape_hatches(tmp_path: Path, files_root: Path) -> Path:
+    """Things outside the root that a path might reach: a secret, a sibling sharing the prefix."""
+    (tmp_path / "secret.json").write_text('{"secret": true}')
+    sibling = tmp_path / (files_root.name + "-private")
+    sibling.mkdir()
+    (sibling / "secret.json").write_text('{"secret": true}')
+    (files_root / "link-out.json").symlink_to(tmp_path / "secret.json")
+    (files_root / "dir-out").symlink_to(sibling, target_is_directory=True)
+    (files_root / "loop-a").symlink_to(files_root / "loop-b")
+    (files_root / "loop-b").symlink_to(files_root / "loop-a")
+    return tmp_path
+
+
+ESCAPING_PATHS = {
+    "../secret.json": "outside the files root",
+    "nested/../../secret.json": "outside the files root",
+    "ABSOLUTE_SECRET": "outside the files root",
+    "SIBLING_PREFIX": "outside the files root",
+    "link-out.json": "outside the files root",
+    "dir-out/secret.json": "outside the files root",
+    "loop-a": "cannot resolve",
+    "with\x00nul.json": "NUL",
+    "x" * 5000: "at most 4096 characters",
+    "~/secret.json": "no such file",
+    "/etc/passwd": "outside the files root",
+}
+
+
+def concrete(path: str, tmp_path: Path, files_root: Path) -> str:
+    return {
+        "ABSOLUTE_SECRET": str(tmp_path / "secret.json"),
+        "SIBLING_PREFIX": f"../{files_root.name}-private/secret.json",
+    }.get(path, path)
+
+
+@pytest.mark.parametrize(("path", "expected"), ESCAPING_PATHS.items(), ids=list(range(len(ESCAPING_PATHS))))
+async def test_read_json_stays_inside_the_root(make_server, escape_hatches, files_root, path, expected):
+    async with Client(make_server()) as client:
+        message = await error_of(client, "read_json", filepath=concrete(path, escape_hatches, files_root))
+    assert expected in message
+    assert "secret" not in message.replace("secret.json", "")
+
+
+@pytest.mark.parametrize(
+    "directory",
+    ["..", "../", "/", "ABSOLUTE_SECRET", "SIBLING_PREFIX", "dir-out", "loop-a", "nested/../..", "a\x00b"],
+)
+async def test_list_files_stays_inside_the_root(make_server, escape_hatches, files_root, directory):
+    directory = {"ABSOLUTE_SECRET": str(escape_hatches), "SIBLING_PREFIX": f"../{files_root.name}-private"}.get(
+        directory, directory
+    )
+    async with Client(make_server()) as client:
+        message = await error_of(client, "list_files", directory=directory)
+    assert "outside" in message or "cannot resolve" in message or "NUL" in message
+
+
+async def test_absolute_path_inside_the_root_is_fine(make_server, files_root):
+    async with Client(make_server()) as client:
+        result = await call(client, "read_json", filepath=str(files_root / "nested" / "item.json"))
+    assert result["path"] == "nested/item.json"
+
+
+async def test_symlink_inside_the_root_is_followed_when_it_stays_inside(make_server, files_root):
+    (files_root / "alias.json").symlink_to(files_root / "nested" / "item.json")
+    async with Client(make_server()) as client:
+        result = await call(client, "read_json", filepath="alias.json")
+    assert result == {"path": "nested/item.json", "pointer": None, "value": {"id": 7}}
+
+
+# --- Files: list_files -----------------------------------------------------------------------------
+
+
+async def test_list_files_root_entries(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "list_files")
+    kinds = {e["path"]: e["kind"] for e in result["entries"]}
+    assert kinds == {"bom.json": "file", "config.json": "file", "nested": "directory"}
+    assert result["truncated"] is False
+    entry = next(e for e in result["entries"] if e["path"] == "config.json")
+    assert entry["size"] > 10 and entry["modified"].endswith("+00:00")
+
+
+@pytest.mark.parametrize(
+    ("directory", "pattern", "expected"),
+    [
+        (".", "*.json", ["bom.json", "config.json"]),
+        (".", "**/*.json", ["bom.json", "config.json", "nested/item.json", "nested/deeper/leaf.json"]),
+        ("nested", "*", ["nested/deeper", "nested/item.json", "nested/notes.txt"]),
+        ("nested", "*.txt", ["nested/notes.txt"]),
+        (".", "nested/*.json", ["nested/item.json"]),
+        (".", "[bc]*.json", ["bom.json", "config.json"]),
+        (".", "[!b]*.json", ["config.json"]),
+        (".", "?om.json", ["bom.json"]),
+        (".", "**", ["bom.json", "config.json", "nested", "nested/deeper", "nested/item.json", "nested/notes.txt",
+                     "nested/deeper/leaf.json"]),
+    ],
+)  # fmt: skip
+async def test_list_files_patterns(make_server, directory, pattern, expected):
+    async with Client(make_server()) as client:
+        result = await call(client, "list_files", directory=directory, pattern=pattern)
+    assert sorted(e["path"] for e in result["entries"]) == sorted(expected)
+
+
+@pytest.mark.parametrize("pattern", ["../*", "../../**", "/etc/*", "nested/../../*", "a\x00b"])
+async def test_list_files_patterns_cannot_climb(make_server, pattern):
+    async with Client(make_server()) as client:
+        message = await error_of(client, "list_files", pattern=pattern)
+    assert "must stay inside the folder" in message
+
+
+async def test_list_files_shows_symlinks_without_following(make_server, escape_hatches):
+    async with Client(make_server()) as client:
+        result = await asyncio.wait_for(call(client, "list_files", pattern="**"), timeout=10)
+    kinds = {e["path"]: e["kind"] for e in result["entries"]}
+    assert kinds["link-out.json"] == kinds["dir-out"] == kinds["loop-a"] == "symlink"
+    assert not any("secret" in path for path in kinds)
+
+
+async def test_list_files_is_bounded(make_server, files_root):
+    many = files_root / "many"
+    many.mkdir()
+    for i in range(server.MAX_LIST_ENTRIES + 5):
+        (many / f"{i:05}.json").touch()
+    async with Client(make_server()) as client:
+        result = await call(client, "list_files", directory="many")
+    assert result["truncated"] is True and len(result["entries"]) == server.MAX_LIST_ENTRIES
+
+
+async def test_list_files_on_a_file_is_refused(make_server):
+    async with Client(make_server()) as client:
+        message = await error_of(client, "list_files", directory="config.json")
+    assert "not a folder" in message
+
+
+# --- ask_database: sampling ------------------------------------------------------------------------
+
+
+def answering(sql: str):
+    asked: list = []
+
+    def handler(messages, params, context):
+        asked.append((messages, params))
+        return sql
+
+    return handler, asked
+
+
+async def test_ask_database_runs_the_models_sql(make_server):
+    handler, asked = answering("```sql\nSELECT name FROM authors ORDER BY born;\n```")
+    async with Client(make_server(), mode="legacy", sampling_handler=handler) as client:
+        result = await call(client, "ask_database", question="who was born first?")
+    assert result["sql"] == "SELECT name FROM authors ORDER BY born"
+    assert result["result"]["rows"] == [["Stanisław"], ["Ursula"]]
+    messages, params = asked[0]
+    assert messages[0].content.text == "who was born first?"
+    assert "CREATE TABLE books" in params.system_prompt
+
+
+async def test_ask_database_refuses_a_write_from_the_model(make_server, db_path):
+    before = digest(db_path)
+    handler, _ = answering("DROP TABLE books")
+    async with Client(make_server(), mode="legacy", sampling_handler=handler) as client:
+        message = await error_of(client, "ask_database", question="please clean up")
+    assert "only read-only statements are allowed" in message
+    assert digest(db_path) == before
+
+
+async def test_ask_database_without_sampling_says_so(make_server):
+    async with Client(make_server(), mode="legacy") as client:
+        message = await error_of(client, "ask_database", question="anything")
+    assert "cannot answer sampling requests" in message and "query_database" in message
+
+
+async def test_ask_database_on_a_protocol_without_back_channel_says_so(make_server):
+    handler, _ = answering("SELECT 1")
+    async with Client(make_server(), sampling_handler=handler) as client:
+        message = await error_of(client, "ask_database", question="anything")
+    assert "cannot answer sampling requests" in message
+
+
+# --- Errors, logging, progress, cancellation ---------------------------------------------------------
+
+
+async def test_internal_errors_are_masked_and_logged(make_server, monkeypatch, caplog):
+    def explode(*args, **kwargs):
+        raise RuntimeError("internal detail 0xdeadbeef")
+
+    monkeypatch.setattr(server.SQLiteDatabase, "execute", explode)
+    async with Client(make_server()) as client:
+        message = await error_of(client, "query_database", query="SELECT 1")
+    assert "0xdeadbeef" not in message
+    assert any("0xdeadbeef" in (r.exc_text or "") + str(r.exc_info) for r in caplog.records)
+
+
+async def test_internal_errors_shown_when_masking_is_off(make_server, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("internal detail 0xdeadbeef")
+
+    monkeypatch.setattr(server.SQLiteDatabase, "execute", explode)
+    async with Client(make_server(mask_error_details=False)) as client:
+        message = await error_of(client, "query_database", query="SELECT 1")
+    assert "0xdeadbeef" in message
+
+
+async def test_long_query_reports_progress(make_server):
+    updates: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress, total, message):
+        updates.append((progress, total, message))
+
+    slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    async with Client(make_server(query_timeout_ms=2600), progress_handler=on_progress) as client:
+        await error_of(client, "query_database", query=slow)
+    assert len(updates) >= 2
+    assert all(total == 2.6 for _, total, _ in updates)
+    assert updates[0][0] < updates[-1][0]
+
+
+async def test_cancelled_call_interrupts_the_query(make_server, monkeypatch):
+    stops: list[server.Deadline] = []
+    original = server.SQLiteDatabase.execute
+
+    def tracked(self, sql, params, max_rows, skip, deadline):
+        stops.append(deadline)
+        return original(self, sql, params, max_rows, skip, deadline)
+
+    monkeypatch.setattr(server.SQLiteDatabase, "execute", tracked)
+    slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    async with Client(make_server(query_timeout_ms=30_000)) as client:
+        task = asyncio.create_task(client.call_tool("query_database", {"query": slow}))
+        while not stops:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if stops[0].stop.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert stops[0].stop.is_set()
+        assert (await call(client, "query_database", query="SELECT 2"))["rows"] == [[2]]
+
+
+# --- Settings ----------------------------------------------------------------------------------------
+
+
+def run_server_process(*args: str, env: dict[str, str] | None = None, timeout: float = 30):
+    return subprocess.run(
+        [PYTHON, str(HERE / "server.py"), *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("MCP_MAX_ROWS", "0", "greater than or equal to 1"),
+        ("MCP_MAX_ROWS", "lots", "valid integer"),
+        ("MCP_QUERY_TIMEOUT_MS", "-5", "greater than or equal to 10"),
+        ("MCP_DB_PATH", "/nonexistent/shop.db", "not an existing file"),
+        ("MCP_FILES_ROOT", "/nonexistent/folder", "not an existing folder"),
+        ("MCP_RATE_LIMIT", "fast", "COUNT/PERIOD"),
+        ("MCP_LOG_LEVEL", "chatty", "DEBUG"),
+    ],
+)
+def test_bad_setting_stops_startup_with_one_line(variable, value, expected):
+    result = run_server_process(env={variable: value})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0] and expected in lines[0]
+    assert result.stdout == ""
+
+
+def test_missing_database_is_never_created(tmp_path):
+    target = tmp_path / "shop.db"
+    result = run_server_process(env={"MCP_DB_PATH": str(target)})
+    assert result.returncode != 0 and not target.exists()
+
+
+def test_cli_flag_names_the_problem_too(tmp_path):
+    result = run_server_process("--max-rows", "0")
+    assert result.returncode != 0 and "MCP_MAX_ROWS" in result.stderr
+
+
+@pytest.mark.parametrize(("text", "expected"), [("100/hour", (100, 3600.0)), ("5/second", (5, 1.0)), ("2 / minutes", (2, 60.0))])
+def test_rate_limit_parses(text, expected):
+    assert server.parse_rate_limit(text) == expected
+
+
+async def test_rate_limit_answers_with_a_clear_error(make_server):
+    async with Client(make_server(rate_limit="5/minute")) as client:
+        outcomes = []
+        for _ in range(8):
+            try:
+                await client.call_tool("query_database", {"query": "SELECT 1"})
+                outcomes.append("ok")
+            except Exception as exc:
+                outcomes.append(str(exc))
+    assert outcomes.count("ok") >= 3
+    assert any("Rate limit exceeded" in o for o in outcomes)
+
+
+# --- The demo --------------------------------------------------------------------------------------------
+
+
+def test_demo_is_written_once_and_reused(tmp_path):
+    database, files = server.ensure_demo(tmp_path / "demo")
+    stamp = database.stat().st_mtime_ns
+    assert server.ensure_demo(tmp_path / "demo") == (database, files)
+    assert database.stat().st_mtime_ns == stamp
+    assert sorted(p.relative_to(files).as_posix() for p in files.rglob("*.json")) == sorted(server.DEMO_FILES)
+
+
+async def test_demo_database_is_realistic(tmp_path):
+    database, files = server.ensure_demo(tmp_path / "demo")
+    async with Client(create_server(Settings(db_path=database, files_root=files))) as client:
+        tables = {t["name"]: t for t in (await call(client, "list_tables"))["tables"]}
+        orders = await call(client, "describe_table", table="orders")
+        top = await call(client, "query_database", query="SELECT customer, total FROM order_totals ORDER BY total DESC LIMIT 3")
+    assert {"customers", "products", "orders", "order_items", "order_totals"} <= set(tables)
+    assert tables["order_totals"]["type"] == "view"
+    assert 300 <= sum(t["row_count"] for t in tables.values() if t["type"] == "table") <= 2000
+    assert orders["foreign_keys"] and orders["indexes"]
+    assert top["row_count"] == 3
+
+
+def test_demo_folder_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setattr(server.sys, "platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert server.demo_folder() == tmp_path / "safe-data" / f"demo-v{server.DEMO_VERSION}"
+
+
+# --- Real transports ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(*command: str, env: dict[str, str], port: int, path: str = "/mcp") -> Iterator[str]:
+    """Run the server as a real process on a loopback port until the block ends."""
+    process = subprocess.Popen(
+        list(command),
+        cwd=HERE,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {process.communicate(timeout=5)}")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}{path}"
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+@pytest.fixture
+def server_env(db_path: Path, files_root: Path) -> dict[str, str]:
+    return {"MCP_DB_PATH": str(db_path), "MCP_FILES_ROOT": str(files_root), "PYTHONUNBUFFERED": "1"}
+
+
+async def exercise(client: Client) -> None:
+    """The same short conversation over any transport."""
+    assert {t.name for t in await client.list_tools()} == set(EXPECTED_TOOLS)
+    result = await call(client, "query_database", query="SELECT title FROM books WHERE id = ?", params=[3])
+    assert result["rows"] == [["Solaris"]]
+    assert (await call(client, "read_json", filepath="nested/item.json"))["value"] == {"id": 7}
+    with pytest.raises(ToolError, match="only read-only"):
+        await client.call_tool("query_database", {"query": "DELETE FROM books"})
+    content = await client.read_resource("schema://tables")
+    assert "books" in content[0].text
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[PYTHON, "server.py"], [PYTHON, "-m", "server"], [PYTHON, "-m", "fastmcp.cli", "run", "server.py"]],
+    ids=["python-server.py", "python-m-server", "fastmcp-run"],
+)
+async def test_stdio_end_to_end(server_env, command, db_path):
+    before = digest(db_path)
+    transport = StdioTransport(command=command[0], args=command[1:], env={**os.environ, **server_env}, cwd=str(HERE))
+    async with Client(transport) as client:
+        await exercise(client)
+    assert digest(db_path) == before
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [["server.py", "--transport", "sse", "--port"], ["-m", "fastmcp.cli", "run", "server.py", "--transport", "sse", "--port"]],
+    ids=["python-server.py", "fastmcp-run"],
+)
+async def test_sse_end_to_end(server_env, launcher):
+    port = free_port()
+    with serving(PYTHON, *launcher, str(port), env=server_env, port=port, path="/sse") as url:
+        async with Client(SSETransport(url)) as client:
+            await exercise(client)
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [["server.py", "--transport", "http", "--port"], ["-m", "fastmcp.cli", "run", "server.py", "--transport", "http", "--port"]],
+    ids=["python-server.py", "fastmcp-run"],
+)
+async def test_http_end_to_end(server_env, launcher):
+    port = free_port()
+    with serving(PYTHON, *launcher, str(port), env=server_env, port=port) as url:
+        async with Client(StreamableHttpTransport(url)) as client:
+            await exercise(client)
+
+
+async def test_sampling_over_sse(server_env):
+    handler, _ = answering("SELECT count(*) FROM books")
+    port = free_port()
+    with serving(PYTHON, "server.py", "--transport", "sse", "--port", str(port), env=server_env, port=port, path="/sse") as url:
+        async with Client(SSETransport(url), sampling_handler=handler) as client:
+            result = await call(client, "ask_database", question="how many books?")
+    assert result["result"]["rows"] == [[3]]
+
+
+def test_stdout_carries_only_protocol(server_env):
+    """A stdio session's stdout is nothing but JSON-RPC lines, even while the server logs."""
+    messages = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "query_database", "arguments": {
+            "query": "DELETE FROM books"}}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "query_database", "arguments": {
+            "query": "SELECT 1"}}},
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [PYTHON, "server.py"],
+        cwd=HERE,
+        env={**os.environ, **server_env, "MCP_LOG_LEVEL": "DEBUG"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for message in messages:
+            process.stdin.write(json.dumps(message) + "\n")
+        process.stdin.flush()
+        replies = []
+        while len([r for r in replies if "id" in r]) < 3:
+            line = process.stdout.readline()
+            assert line, f"server closed stdout early: {process.stderr.read()}"
+            replies.append(json.loads(line))  # anything but JSON-RPC on stdout fails here
+    finally:
+        process.stdin.close()
+        process.wait(timeout=10)
+        stderr = process.stderr.read()
+        process.stdout.close()
+        process.stderr.close()
+    assert all(r["jsonrpc"] == "2.0" for r in replies)
+    by_id = {r["id"]: r for r in replies if "id" in r}
+    assert sorted(by_id) == [1, 2, 3]
+    assert by_id[2]["result"]["isError"] is True
+    assert by_id[3]["result"]["structuredContent"]["rows"] == [[1]]
+    assert "query_database" in stderr  # the logs went to stderr
+
+
+def test_binding_beyond_loopback_without_token_refuses_to_start(server_env):
+    result = run_server_process("--transport", "http", "--host", "0.0.0.0", "--port", str(free_port()), env=server_env)
+    assert result.returncode != 0
+    assert "without MCP_AUTH_TOKEN" in result.stderr
+
+
+# --- Official MCP tools: conformance suite and Inspector CLI ---------------------------------------------
+
+NPX = shutil.which("npx")
+needs_npx = pytest.mark.skipif(NPX is None, reason="needs Node's npx (Node 20+); install nodejs to run these")
+CONFORMANCE = "@modelcontextprotocol/conformance@0.1.10"
+INSPECTOR = "@modelcontextprotocol/inspector@0.15.0"
+SCENARIOS = [
+    "server-initialize",
+    "ping",
+    "tools-list",
+    "resources-list",
+    "logging-set-level",
+    "server-sse-multiple-streams",
+    "completion-complete",
+]
+
+
+def npx(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [NPX, "-y", *args], capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+    )
+
+
+@needs_npx
+def test_conformance_scenarios_pass_over_http(server_env):
+    port = free_port()
+    failures = {}
+    with serving(PYTHON, "server.py", "--transport", "http", "--port", str(port), env=server_env, port=port) as url:
+        for scenario in SCENARIOS:
+            result = npx(CONFORMANCE, "server", "--url", url, "--scenario", scenario)
+            if result.returncode != 0:
+                failures[scenario] = result.stdout[-2000:] + result.stderr[-2000:]
+    assert failures == {}
+
+
+@needs_npx
+def test_inspector_cli_over_stdio(server_env):
+    env_args = [arg for key, value in server_env.items() for arg in ("-e", f"{key}={value}")]
+    base = [INSPECTOR, "--cli", *env_args, PYTHON, str(HERE / "server.py")]
+    listed = npx(*base, "--method", "tools/list")
+    assert listed.returncode == 0, listed.stderr
+    assert {t["name"] for t in json.loads(listed.stdout)["tools"]} == set(EXPECTED_TOOLS)
+    called = npx(*base, "--method", "tools/call", "--tool-name", "describe_table", "--tool-arg", "table=books")
+    assert called.returncode == 0, called.stderr
+    reply = json.loads(called.stdout)
+    assert reply["isError"] is False and reply["structuredContent"]["row_count"] == 3
+
+
+@needs_npx
+def test_inspector_cli_over_sse(server_env):
+    port = free_port()
+    with serving(PYTHON, "server.py", "--transport", "sse", "--port", str(port), env=server_env, port=port, path="/sse") as url:
+        listed = npx(INSPECTOR, "--cli", url, "--transport", "sse", "--method", "tools/list")
+        called = npx(
+            INSPECTOR, "--cli", url, "--transport", "sse", "--method", "tools/call",
+            "--tool-name", "read_json", "--tool-arg", "filepath=config.json", "--tool-arg", "pointer=/name",
+        )  # fmt: skip
+    assert {t["name"] for t in json.loads(listed.stdout)["tools"]} == set(EXPECTED_TOOLS)
+    reply = json.loads(called.stdout)
+    assert reply["isError"] is False and reply["structuredContent"]["value"] == "demo"
