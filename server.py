@@ -1197,6 +1197,7 @@ def create_server(settings: Settings) -> FastMCP:
             return [name for name in names if name.lower().startswith(argument.value.lower())]
         return []
 
+    log.info("serving %s read-only, and JSON files under %s", settings.db_path, files_root)
     return mcp
 
 
@@ -1232,6 +1233,7 @@ def main(argv: list[str] | None = None) -> None:
     transport, host, port = args.pop("transport"), args.pop("host"), args.pop("port")
     server = create_server(load_settings(**args)) if any(v is not None for v in args.values()) else mcp
     if transport == "stdio":
+        log.info("speaking MCP over stdio: connect a client such as Claude Desktop (Ctrl-C stops)")
         server.run("stdio", show_banner=False)
     else:
         server.run(transport, show_banner=False, host=host, port=port)

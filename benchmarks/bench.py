@@ -1,0 +1,499 @@
+"""Benchmark this server against the archived official SQLite MCP server, and against the raw floor.
+
+    uv run python benchmarks/bench.py            # full run, a few minutes on 2 cores
+    uv run python benchmarks/bench.py --quick    # fewer repetitions, for a smoke test
+
+It builds its own database in a temporary folder, then measures in one run, interleaved call by
+call, the same work for three things:
+
+  ours      server.py over stdio, started with `uv run --frozen server.py` (MCP_DB_PATH, MCP_MAX_ROWS)
+  official  `uvx --from mcp-server-sqlite==2025.4.25 --with "mcp<2" mcp-server-sqlite --db-path DB`,
+            its `read_query` tool; after one online warm-up it runs with `uvx --offline` so that
+            uv's index check is not counted as the server's start-up
+  floor     sqlite3 fetch + json.dumps of the same rows, in this process, no protocol at all
+
+Both servers are driven by the same client: the official MCP Python SDK's `mcp.Client` over stdio,
+initialize handshake (what desktop clients do). Shared machines are noisy: read the medians and the
+ratios, which come from one interleaved run; a bare time from another run means little.
+Children start with bytecode caching on (PYTHONDONTWRITEBYTECODE unset) and after a warm-up start,
+as on a user's machine where `__pycache__` is already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import mcp_types
+from mcp import Client, StdioServerParameters
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFICIAL = ["--from", "mcp-server-sqlite==2025.4.25", "--with", "mcp<2", "mcp-server-sqlite"]
+TABLE_ROWS = 100_000  # the table every per-call figure reads (the issue's database)
+BIG_ROWS = 1_000_000  # the table the memory figure selects in full
+LARGE = 10_000  # rows in the "large result"
+ONE_ROW = "SELECT * FROM items WHERE id = 4242"
+LARGE_QUERY = f"SELECT * FROM items LIMIT {LARGE}"
+BIG_QUERY = "SELECT * FROM big"
+
+
+def child_env(*extra: dict[str, str]) -> dict[str, str]:
+    """This environment (proxies, certificates, uv settings) with bytecode caching on, as users have it.
+
+    PYTHONDONTWRITEBYTECODE is dropped so the warm-up start writes `__pycache__`. UV_COMPILE_BYTECODE
+    is not set: with it `uv run` recompiles the whole environment on every start (~0.15 s here).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV")}
+    for more in extra:
+        env.update(more)
+    return env
+
+
+# --- Data ------------------------------------------------------------------------------------------
+
+
+def build_database(path: Path) -> None:
+    """items: 100,000 rows of five typical columns; big: the same shape, 1,000,000 rows."""
+    conn = sqlite3.connect(path)
+    shape = "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL, amount REAL NOT NULL, created TEXT)"
+    conn.executescript(f"CREATE TABLE items {shape}; CREATE TABLE big {shape};")
+    for table, count in (("items", TABLE_ROWS), ("big", BIG_ROWS)):
+        conn.executemany(
+            f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)",
+            (
+                (i, f"customer {i}", f"user{i}@example.com", round((i * 7919 % 100_000) / 100, 2), f"2025-{i % 12 + 1:02d}-{i % 28 + 1:02d}")
+                for i in range(1, count + 1)
+            ),
+        )
+    conn.commit()
+    conn.close()
+
+
+def floor_rows(db: Path, sql: str) -> tuple[list[list[Any]], str]:
+    """The raw floor: one sqlite3 fetch and one compact json.dumps of the rows."""
+    conn = sqlite3.connect(db)
+    try:
+        cursor = conn.execute(sql)
+        columns = [d[0] for d in cursor.description]
+        rows = [list(r) for r in cursor.fetchall()]
+    finally:
+        conn.close()
+    return rows, json.dumps({"columns": columns, "rows": rows}, separators=(",", ":"))
+
+
+def compact_rows_bytes(db: Path, sql: str) -> int:
+    rows, _ = floor_rows(db, sql)
+    return len(json.dumps(rows, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+# --- Servers -----------------------------------------------------------------------------------------
+
+
+class Target:
+    """How to start one server over stdio and call its query tool."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], tool: str, arg: str):
+        self.name, self.command, self.env, self.tool, self.arg = name, command, env, tool, arg
+
+    def params(self, extra_env: dict[str, str] | None = None, relay: Path | None = None) -> StdioServerParameters:
+        command = self.command
+        if relay is not None:  # count the bytes the server writes, line by line, exactly as sent
+            command = [sys.executable, str(Path(__file__).resolve()), "--relay", str(relay), "--", *command]
+        env = child_env(self.env, extra_env or {})
+        return StdioServerParameters(command=command[0], args=command[1:], env=env, cwd=str(ROOT))
+
+    def connect(self, **kwargs: Any) -> Client:
+        return Client(self.params(**kwargs), mode="legacy", read_timeout_seconds=120)
+
+    async def query(self, client: Client, sql: str) -> mcp_types.CallToolResult:
+        result = await client.call_tool(self.tool, {self.arg: sql})
+        if result.is_error:
+            raise RuntimeError(f"{self.name}: {result.content}")
+        return result
+
+
+def targets(db: Path, files: Path, offline: bool) -> tuple[Target, Target]:
+    ours = Target(
+        "ours",
+        ["uv", "run", "--frozen", "--project", str(ROOT), "python", str(ROOT / "server.py")],
+        {"MCP_DB_PATH": str(db), "MCP_FILES_ROOT": str(files), "MCP_MAX_ROWS": str(LARGE), "MCP_LOG_LEVEL": "WARNING"},
+        "query_database",
+        "query",
+    )
+    uvx = ["uvx", "--offline"] if offline else ["uvx"]
+    official = Target("official", [*uvx, *OFFICIAL, "--db-path", str(db)], {}, "read_query", "query")
+    return ours, official
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def peak_rss_mib(pids: list[int]) -> tuple[float, float]:
+    """(peak, current) resident memory of the largest python process among `pids`, in MiB."""
+    best = (0.0, 0.0)
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if not comm.startswith("python"):
+            continue
+        fields = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if line.startswith("Vm")}
+        peak, now = int(fields.get("VmHWM", 0)) / 1024, int(fields.get("VmRSS", 0)) / 1024
+        best = max(best, (peak, now))
+    return best
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- Measurements -----------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20, method="inclusive")[18] if len(values) > 1 else values[0]
+
+
+async def measure_startup(pair: tuple[Target, Target], rounds: int) -> dict[str, list[float]]:
+    """Spawn to the initialize response, interleaved; the session is closed untimed."""
+    times: dict[str, list[float]] = {t.name: [] for t in pair}
+    for _ in range(rounds):
+        for target in pair:
+            async with AsyncExitStack() as stack:
+                started = time.perf_counter()
+                await stack.enter_async_context(target.connect())
+                times[target.name].append(time.perf_counter() - started)
+    return times
+
+
+async def measure_calls(pair: tuple[Target, Target], sql: str, calls: int, warmup: int) -> dict[str, list[float]]:
+    """Per-call latency of the same query on one open session each, alternating call by call."""
+    times: dict[str, list[float]] = {t.name: [] for t in pair}
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(t.connect()) for t in pair]
+        for i in range(warmup + calls):
+            for target, client in zip(pair, clients, strict=True):
+                started = time.perf_counter()
+                await target.query(client, sql)
+                if i >= warmup:
+                    times[target.name].append(time.perf_counter() - started)
+    return times
+
+
+async def measure_wire(target: Target, sql: str, workdir: Path) -> int:
+    """Bytes of the one JSON-RPC line that carried the result, counted by a relay."""
+    counts = workdir / f"wire-{target.name}.json"
+    async with target.connect(relay=counts) as client:
+        await target.query(client, sql)
+    await asyncio.sleep(0.2)  # the relay writes its counts as the server exits
+    return max(json.loads(counts.read_text()))
+
+
+async def measure_memory(target: Target, sql: str, extra_env: dict[str, str]) -> tuple[float, float, int]:
+    """(peak RSS after the query, RSS after start-up, rows returned) of the server process."""
+    async with target.connect(extra_env=extra_env) as client:
+        procs = descendants(os.getpid())
+        _, baseline = peak_rss_mib(procs)
+        result = await target.query(client, sql)
+        peak, _ = peak_rss_mib(descendants(os.getpid()))
+    if result.structured_content is not None:
+        rows = result.structured_content["row_count"]
+    else:  # the official server's text is str(list_of_dicts): count the dicts
+        rows = result.content[0].text.count("{'id': ")
+    return peak, baseline, rows
+
+
+def measure_floor(db: Path, sql: str, calls: int) -> list[float]:
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        floor_rows(db, sql)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+async def measure_inprocess_ours(db: Path, files: Path, sql: str, calls: int, warmup: int) -> list[float]:
+    sys.path.insert(0, str(ROOT))
+    os.environ.update({"MCP_DB_PATH": str(db), "MCP_FILES_ROOT": str(files)})
+    import fastmcp
+
+    import server
+
+    mcp = server.create_server(server.Settings(db_path=db, files_root=files, max_rows=LARGE))
+    times = []
+    async with fastmcp.Client(mcp) as client:
+        for i in range(warmup + calls):
+            started = time.perf_counter()
+            await client.call_tool("query_database", {"query": sql})
+            if i >= warmup:
+                times.append(time.perf_counter() - started)
+    return times
+
+
+OFFICIAL_INPROCESS = textwrap.dedent(
+    """
+    # The official server in-process: its stdio streams swapped for memory streams, mcp<2 client.
+    import json, sys, time
+    from contextlib import asynccontextmanager
+    import anyio
+    from mcp.client.session import ClientSession
+    from mcp.shared.memory import create_client_server_memory_streams
+    import mcp_server_sqlite.server as official
+
+    async def main(db, sql, calls, warmup):
+        async with create_client_server_memory_streams() as (client_streams, server_streams):
+            @asynccontextmanager
+            async def memory_stdio():
+                yield server_streams
+            official.stdio_server = memory_stdio
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(official.main, db)
+                async with ClientSession(*client_streams) as session:
+                    await session.initialize()
+                    times = []
+                    for i in range(warmup + calls):
+                        started = time.perf_counter()
+                        await session.call_tool("read_query", {"query": sql})
+                        if i >= warmup:
+                            times.append(time.perf_counter() - started)
+                tg.cancel_scope.cancel()
+        print(json.dumps(times))
+
+    anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    """
+)
+
+
+def measure_inprocess_official(db: Path, workdir: Path, sql: str, calls: int, warmup: int) -> list[float]:
+    script = workdir / "official_inprocess.py"
+    script.write_text(OFFICIAL_INPROCESS)
+    out = subprocess.run(
+        ["uvx", "--offline", *OFFICIAL[:-1], "python", str(script), str(db), sql, str(calls), str(warmup)],
+        capture_output=True, text=True, timeout=300, env=child_env(), check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+async def measure_http(db: Path, files: Path, clients: int, seconds: float) -> tuple[float, float, list[float]]:
+    """Calls per second with 1 and with `clients` concurrent clients over streamable HTTP (ours only)."""
+    port = free_port()
+    env = child_env({"MCP_DB_PATH": str(db), "MCP_FILES_ROOT": str(files), "MCP_LOG_LEVEL": "WARNING"})
+    proc = subprocess.Popen(
+        ["uv", "run", "--frozen", "--project", str(ROOT), "python", str(ROOT / "server.py"),
+         "--transport", "http", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/mcp"
+
+        async def run(count: int) -> tuple[float, list[float]]:
+            latencies: list[float] = []
+            async with AsyncExitStack() as stack:
+                sessions = [await stack.enter_async_context(Client(url, mode="legacy")) for _ in range(count)]
+                for session in sessions:  # warm each session (and its cached output schema)
+                    await session.call_tool("query_database", {"query": ONE_ROW})
+                stop = time.perf_counter() + seconds
+
+                async def worker(session: Client) -> None:
+                    while time.perf_counter() < stop:
+                        started = time.perf_counter()
+                        await session.call_tool("query_database", {"query": ONE_ROW})
+                        latencies.append(time.perf_counter() - started)
+
+                started = time.perf_counter()
+                await asyncio.gather(*(worker(s) for s in sessions))
+                return len(latencies) / (time.perf_counter() - started), latencies
+
+        single, _ = await run(1)
+        many, latencies = await run(clients)
+        return single, many, latencies
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# --- Report ------------------------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
+    header = ("figure", "ours", "official", "floor", "ours/official")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
+    for i, row in enumerate([header, *rows]):
+        print("  ".join(str(cell).ljust(widths[j]) if j == 0 else str(cell).rjust(widths[j]) for j, cell in enumerate(row)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+async def run(args: argparse.Namespace) -> None:
+    quick = args.quick
+    starts, calls, large_calls = (3, 60, 5) if quick else (9, 300, 21)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = Path(tmp)
+        db, files = workdir / "bench.db", workdir / "files"
+        files.mkdir()
+        t0 = time.perf_counter()
+        build_database(db)
+        print(f"built {db.name}: items {TABLE_ROWS:,} rows, big {BIG_ROWS:,} rows in {time.perf_counter() - t0:.1f} s")
+
+        # Warm-up: fetch the official server once online, write bytecode for both; nothing timed.
+        for target in targets(db, files, offline=False):
+            async with target.connect() as client:
+                await target.query(client, ONE_ROW)
+        pair = targets(db, files, offline=True)
+        ours, official = pair
+
+        rows: list[tuple[str, str, str, str, str]] = []
+        start = await measure_startup(pair, starts)
+        rows.append(("start-up, spawn to initialize response (median)", ms(median(start["ours"])),
+                     ms(median(start["official"])), "", ratio(median(start["ours"]), median(start["official"]))))  # fmt: skip
+
+        small = await measure_calls(pair, ONE_ROW, calls, warmup=20)
+        floor_small = measure_floor(db, ONE_ROW, calls)
+        for label, fn in (("median", median), ("p95", p95)):
+            rows.append((f"1-row SELECT over stdio, per call ({label})", ms(fn(small["ours"])),
+                         ms(fn(small["official"])), ms(fn(floor_small)), ratio(fn(small["ours"]), fn(small["official"]))))  # fmt: skip
+
+        in_ours = await measure_inprocess_ours(db, files, ONE_ROW, calls, warmup=20)
+        in_official = measure_inprocess_official(db, workdir, ONE_ROW, calls, warmup=20)
+        for label, fn in (("median", median), ("p95", p95)):
+            rows.append((f"1-row SELECT in-process, per call ({label})", ms(fn(in_ours)), ms(fn(in_official)),
+                         ms(fn(floor_small)), ratio(fn(in_ours), fn(in_official))))  # fmt: skip
+
+        large = await measure_calls(pair, LARGE_QUERY, large_calls, warmup=2)
+        floor_large = measure_floor(db, LARGE_QUERY, large_calls)
+        f_large = median(floor_large)
+        rows.append((f"{LARGE:,}-row SELECT over stdio (median)", ms(median(large["ours"])),
+                     ms(median(large["official"])), ms(f_large), ratio(median(large["ours"]), median(large["official"]))))  # fmt: skip
+        rows.append((f"{LARGE:,}-row SELECT / raw floor", ratio(median(large["ours"]), f_large),
+                     ratio(median(large["official"]), f_large), "1.00x", ""))  # fmt: skip
+
+        compact = compact_rows_bytes(db, LARGE_QUERY)
+        wire = {t.name: await measure_wire(t, LARGE_QUERY, workdir) for t in pair}
+        rows.append((f"{LARGE:,}-row result, bytes on the wire", f"{wire['ours']:,}", f"{wire['official']:,}",
+                     f"{compact:,}", ratio(wire["ours"], wire["official"])))  # fmt: skip
+        rows.append(("  ... / compact JSON of its rows", ratio(wire["ours"], compact), ratio(wire["official"], compact),
+                     "1.00x", ""))  # fmt: skip
+
+        mem_capped = await measure_memory(ours, BIG_QUERY, {"MCP_MAX_ROWS": "1000"})
+        mem_raised = await measure_memory(ours, BIG_QUERY, {"MCP_MAX_ROWS": "100000"})
+        mem_official = await measure_memory(official, BIG_QUERY, {})
+        for label, mem in (("cap 1,000", mem_capped), ("cap 100,000", mem_raised)):
+            rows.append((f"SELECT over {BIG_ROWS:,} rows, {label}: peak RSS (rows sent)",
+                         f"{mem[0]:.0f} MiB ({mem[2]:,})", f"{mem_official[0]:.0f} MiB ({mem_official[2]:,})", "",
+                         ratio(mem[0], mem_official[0])))  # fmt: skip
+        rows.append(("  ... server RSS after start-up, before the query", f"{mem_capped[1]:.0f} MiB",
+                     f"{mem_official[1]:.0f} MiB", "", ""))  # fmt: skip
+
+        single, many, latencies = await measure_http(db, files, args.clients, args.http_seconds)
+        rows.append((f"HTTP, 1-row SELECT, {args.clients} clients: calls/s (1 client)",
+                     f"{many:.0f} ({single:.0f})", "n/a: stdio only", "", ""))  # fmt: skip
+        rows.append((f"HTTP, {args.clients} clients: per call median / p95", f"{ms(median(latencies))} / {ms(p95(latencies))}",
+                     "", "", ""))  # fmt: skip
+
+    print()
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print("children: bytecode cached (PYTHONDONTWRITEBYTECODE unset; a warm-up start wrote __pycache__ first)")
+    print(f"repetitions: {starts} starts, {calls} small calls, {large_calls} large calls, interleaved ours/official")
+    print()
+    print_table(rows)
+    print()
+    print("Targets (issue 4):")
+    targets_met = [
+        ("per-call median <= official (stdio)", median(small["ours"]) <= median(small["official"])),
+        ("10,000 rows within 2x of the raw floor", median(large["ours"]) <= 2 * f_large),
+        ("start-up within 1.5x of official", median(start["ours"]) <= 1.5 * median(start["official"])),
+        ("peak memory bounded by the row cap", mem_capped[0] - mem_capped[1] < 50),
+        ("wire bytes <= 1.2x compact JSON of the rows", wire["ours"] <= 1.2 * compact),
+    ]
+    for name, met in targets_met:
+        print(f"  [{'x' if met else ' '}] {name}")
+
+
+def relay(counts: Path, command: list[str]) -> int:
+    """Pass a server's stdout through unchanged, writing the byte size of each line to `counts`."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE)
+    sizes: list[int] = []
+    assert proc.stdout is not None
+    out = sys.stdout.buffer
+    try:
+        for line in proc.stdout:
+            out.write(line)
+            out.flush()
+            sizes.append(len(line))
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+    finally:
+        counts.write_text(json.dumps(sizes))
+        proc.terminate()
+    return proc.wait()
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--relay":
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        raise SystemExit(relay(Path(sys.argv[2]), sys.argv[4:]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions: a smoke test, not a measurement")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients (default 16)")
+    parser.add_argument("--http-seconds", type=float, default=3.0, help="duration of each HTTP phase")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
