@@ -1019,12 +1019,14 @@ def create_server(settings: Settings) -> FastMCP:
         try:
             return await in_thread(ctx, partial(work, deadline), stop)
         except QueryRefused as exc:
+            if ctx is not None:
+                await ctx.warning(f"refused: {exc}")
             raise ToolError(str(exc)) from None
 
     async def page(ctx: Context | None, sql: str, params: list | dict | None, max_rows: int, skip: int) -> QueryResult:
         fingerprint = database.fingerprint()
         started = time.perf_counter()
-        columns, rows, more = await run_sql(ctx, partial(_run, sql, params, max_rows, skip))
+        columns, rows, more = await run_sql(ctx, partial(database.execute, sql, params, max_rows, skip))
         elapsed = round((time.perf_counter() - started) * 1000, 2)
         cursor = None
         if more:
@@ -1037,12 +1039,11 @@ def create_server(settings: Settings) -> FastMCP:
                 "expires": time.time() + CURSOR_TTL_S,
             }
             cursor = cursors.encode(state)
+            if ctx is not None:
+                await ctx.info(f"showing rows {skip + 1}-{skip + len(rows)}; more remain behind next_cursor")
         return QueryResult(
             columns=columns, rows=rows, row_count=len(rows), truncated=more, next_cursor=cursor, elapsed_ms=elapsed
         )
-
-    def _run(sql: str, params: Any, max_rows: int, skip: int, deadline: Deadline) -> Any:
-        return database.execute(sql, params, max_rows, skip, deadline)
 
     @mcp.tool(annotations=READ_ONLY)
     async def query_database(

@@ -1200,3 +1200,16 @@ def test_inspector_cli_over_sse(server_env):
     assert {t["name"] for t in json.loads(listed.stdout)["tools"]} == set(EXPECTED_TOOLS)
     reply = json.loads(called.stdout)
     assert reply["isError"] is False and reply["structuredContent"]["value"] == "demo"
+
+
+async def test_tools_log_to_the_client(make_server):
+    received: list[tuple[str, str]] = []
+
+    async def on_log(message):
+        received.append((message.level, str(message.data)))
+
+    async with Client(make_server(), log_handler=on_log) as client:
+        await call(client, "query_database", query="SELECT n FROM numbers", max_rows=10)
+        await error_of(client, "query_database", query="DROP TABLE numbers")
+    assert any(lvl == "info" and "showing rows 1-10" in d for lvl, d in received)
+    assert any(lvl == "warning" and "DROP TABLE" in d for lvl, d in received)
