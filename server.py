@@ -1,27 +1,32 @@
-"""Safe, read-only access to a SQLite database and a folder of JSON files for AI assistants.
+"""Safe, read-only access to a SQLite or PostgreSQL database and a folder of JSON files for AI assistants.
 
 One FastMCP server exposes:
   tools      query_database, ask_database, list_tables, describe_table, read_json, list_files
   resources  config://app/settings, schema://tables, schema://tables/{table}
 
-The database engine itself enforces read-only (a `mode=ro` connection, `PRAGMA query_only` and an
-authorizer that allows nothing but reading); every file path is confined to the files root; every
-call is bounded in time and size. With nothing configured it serves a small built-in demo.
+The database engine itself enforces read-only (SQLite: a `mode=ro` connection, `PRAGMA query_only`
+and an authorizer that allows nothing but reading; PostgreSQL: one statement per call in a READ ONLY
+transaction that is always rolled back); every file path is confined to the files root; every call is
+bounded in time and size. With nothing configured it serves a small built-in demo.
 
 Usage:
     uv run server.py                                     # stdio, on the demo data
     uv run pytest                                        # the tests
     uv run server.py --transport http --port 8000        # streamable HTTP on 127.0.0.1
     MCP_DB_PATH=~/data/shop.db MCP_FILES_ROOT=~/data uv run fastmcp run server.py
+    DATABASE_URL=postgresql://reader@localhost/shop uv run --extra postgres server.py --transport http --stateless
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import gc
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -37,6 +42,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -47,14 +53,26 @@ from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ResourceError, ToolError
 from fastmcp.server.auth.providers.debug import DebugTokenVerifier
 from fastmcp.server.middleware.rate_limiting import RateLimitingMiddleware
+from fastmcp.tools import ToolResult
+from fastmcp.utilities.json_schema import compress_schema
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types import ResourceTemplateReference, SamplingMessage, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("safe_data")
-# ask_database uses sampling knowingly: it is deprecated in the newest protocol, still offered by older ones.
-warnings.filterwarnings("ignore", "The sampling capability is deprecated", MCPDeprecationWarning)
+# Sampling (ask_database) and logging to the client are deprecated by the 2026-07-28 protocol but
+# still offered by the earlier revisions most clients speak; the server uses them knowingly.
+warnings.filterwarnings("ignore", "The (sampling|logging) capability is deprecated", MCPDeprecationWarning)
 
 # --- Constants ---------------------------------------------------------------------------------
 
@@ -113,6 +131,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     auth_token: SecretStr | None = Field(None, description="Bearer token required over HTTP")
     cursor_secret: SecretStr | None = Field(None, description="Key that signs page cursors")
+    database_url: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("database_url", "MCP_DATABASE_URL", "DATABASE_URL"),
+        description="postgresql:// URL to serve PostgreSQL instead of SQLite (also read from DATABASE_URL)",
+    )
+    pool_size: int = Field(5, ge=1, le=100, description="PostgreSQL connections per server process")
 
     @field_validator("db_path")
     @classmethod
@@ -134,6 +158,17 @@ class Settings(BaseSettings):
             raise ValueError(f"{path} is not an existing folder")
         return path
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, url: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if url is None or not url.get_secret_value():
+            return None
+        if not url.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("only postgresql:// URLs are supported; for SQLite set MCP_DB_PATH instead")
+        if info.data.get("db_path"):
+            raise ValueError("set MCP_DB_PATH (SQLite) or DATABASE_URL (PostgreSQL), not both")
+        return url
+
     @field_validator("rate_limit")
     @classmethod
     def _rate_limit_parses(cls, value: str | None) -> str | None:
@@ -149,7 +184,7 @@ class Settings(BaseSettings):
     def public_view(self) -> dict[str, Any]:
         """The effective settings, with each secret shown only as set or unset."""
         view = self.model_dump(mode="json")
-        for name in ("auth_token", "cursor_secret"):
+        for name in ("auth_token", "cursor_secret", "database_url"):
             view[name] = "set" if getattr(self, name) else "unset"
         return view
 
@@ -177,11 +212,17 @@ def parse_rate_limit(text: str) -> tuple[int, float]:
 # --- Result models -----------------------------------------------------------------------------
 
 
+# A row's schema says "array" and stops: the `"items": {}` pydantic adds allows anything anyway, and
+# clients that validate results (the MCP Python SDK does) would check it once per cell, which took
+# longer than the query itself for 10,000 rows.
+Row = Annotated[list[Any], WithJsonSchema({"type": "array"})]
+
+
 class QueryResult(BaseModel):
     """One page of a query's rows."""
 
     columns: list[str] = Field(description="Column names, in order")
-    rows: list[list[Any]] = Field(
+    rows: list[Row] = Field(
         description="Rows as lists of values in column order. BLOBs are "
         '{"$blob": base64, "bytes": N}; NaN and infinities are the strings "NaN", "Infinity" and '
         '"-Infinity"; text longer than the cell limit ends with "…[N chars]".'
@@ -277,6 +318,19 @@ class Deadline:
         return self.stop.is_set() or time.monotonic() > self.at
 
 
+def _explained(method: Any) -> Any:
+    """An introspection method whose driver errors (a locked, corrupt or vanished file) become the
+    same clear QueryRefused messages queries get, instead of a masked internal error."""
+
+    def wrapper(self: Any, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except sqlite3.Error as exc:
+            raise _explain(exc, [], args[-1]) from None  # the deadline is every method's last argument
+
+    return wrapper
+
+
 class SQLiteDatabase:
     """The one place that knows SQLite: opens read-only connections and runs single statements.
 
@@ -285,8 +339,13 @@ class SQLiteDatabase:
     and a cancelled call frees everything it held.
     """
 
+    dialect = "SQLite"
+
     def __init__(self, path: Path):
         self.path = path
+
+    def close(self) -> None:
+        """Nothing to close: every call closes its own connection."""
 
     def _connect(self, deadline: Deadline) -> tuple[sqlite3.Connection, list[str]]:
         if not self.path.is_file():
@@ -346,6 +405,7 @@ class SQLiteDatabase:
             " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
         ).fetchall()
 
+    @_explained
     def table_names(self, deadline: Deadline) -> list[str]:
         conn, _ = self._connect(deadline)
         try:
@@ -361,6 +421,7 @@ class SQLiteDatabase:
         except sqlite3.OperationalError:
             return None  # interrupted by the deadline, or a view that cannot be evaluated
 
+    @_explained
     def schema_sql(self, deadline: Deadline) -> str:
         """The CREATE statements, for a model that is asked to write SQL against them."""
         conn, _ = self._connect(deadline)
@@ -369,6 +430,7 @@ class SQLiteDatabase:
         finally:
             conn.close()
 
+    @_explained
     def list_tables(self, deadline: Deadline) -> list[TableSummary]:
         conn, _ = self._connect(deadline)
         try:
@@ -379,6 +441,7 @@ class SQLiteDatabase:
         finally:
             conn.close()
 
+    @_explained
     def describe_table(self, name: str, deadline: Deadline) -> TableDescription:
         conn, _ = self._connect(deadline)
         try:
@@ -504,13 +567,34 @@ def _fetch_page(cursor: sqlite3.Cursor, max_rows: int) -> tuple[list[list[Any]],
         chunk = cursor.fetchmany(min(500, max_rows - len(rows)))
         if not chunk:
             return rows, False
+        size = _plain_size(chunk)
+        if size is not None and size <= budget:  # the usual chunk: JSON-ready as fetched, one scan
+            budget -= size
+            rows.extend(map(list, chunk))
+            continue
         for raw in chunk:
             row = [_cell(value) for value in raw]
-            budget -= sum(len(v) if isinstance(v, str) else 16 for v in row)
+            # a blob costs its base64 text, which can be far more than the 16 a number costs
+            budget -= sum(len(v) if isinstance(v, str) else len(v["$blob"]) if isinstance(v, dict) else 16 for v in row)
             rows.append(row)
             if budget < 0:
                 return rows, True  # a page is bounded in bytes as well as rows
     return rows, cursor.fetchone() is not None
+
+
+def _plain_size(chunk: list[Any]) -> int | None:
+    """The page budget `chunk` uses, or None when a cell needs `_cell` (a blob, NaN, a long text)."""
+    size = 0
+    for raw in chunk:
+        for value in raw:
+            kind = type(value)
+            if kind is str and len(value) <= MAX_CELL_CHARS:
+                size += len(value)
+            elif kind is int or value is None or (kind is float and math.isfinite(value)):
+                size += 16
+            else:
+                return None
+    return size
 
 
 def _cell(value: Any) -> Any:
@@ -532,6 +616,399 @@ def _cell(value: Any) -> Any:
 
 def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+# --- SQL: the read-only PostgreSQL engine ------------------------------------------------------
+
+# psycopg would load these as Python objects that JSON cannot carry exactly (Decimal; dates that may
+# be infinite or BC; timedelta) or without bound (json): they arrive as PostgreSQL's own text instead.
+PG_TEXT_TYPES = "numeric date time timetz timestamp timestamptz interval json jsonb".split()
+# Predefined roles that PostgreSQL lets read files or run programs even inside a read-only transaction.
+PG_FILE_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
+PG_OBJECTS = """
+SELECT n.nspname, c.relname, CASE WHEN c.relkind IN ('v', 'm') THEN 'view' ELSE 'table' END, c.relkind, c.oid,
+       pg_table_is_visible(c.oid)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
+  AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+  AND has_any_column_privilege(c.oid, 'SELECT')
+ORDER BY 1, 2
+"""
+PG_COLUMNS = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, pg_get_expr(d.adbin, d.adrelid),
+       coalesce(array_position(pk.conkey, a.attnum), 0)
+FROM pg_attribute a
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+LEFT JOIN pg_constraint pk ON pk.conrelid = a.attrelid AND pk.contype = 'p'
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+PG_FOREIGN_KEYS = """
+SELECT fn.nspname || '.' || fc.relname,
+       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(num, pos)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num ORDER BY k.pos),
+       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(num, pos)
+             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.num ORDER BY k.pos)
+FROM pg_constraint c JOIN pg_class fc ON fc.oid = c.confrelid JOIN pg_namespace fn ON fn.oid = fc.relnamespace
+WHERE c.conrelid = %s AND c.contype = 'f'
+ORDER BY c.conname
+"""
+PG_INDEXES = """
+SELECT ic.relname, i.indisunique,
+       ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true) FROM generate_series(1, i.indnkeyatts) k)
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+WHERE i.indrelid = %s
+ORDER BY ic.relname
+"""
+PG_CONSTRAINTS = """
+SELECT conname, pg_get_constraintdef(oid, true) FROM pg_constraint
+WHERE conrelid = %s AND contype IN ('p', 'u', 'f', 'c', 'x')
+ORDER BY contype <> 'p', conname
+"""
+# Every table's insert, update and delete counters and file number (which TRUNCATE changes): any
+# role may read them, and they move whenever rows do, up to a second after the commit.
+PG_FINGERPRINT = """
+SELECT string_agg(concat_ws(':', s.relid, s.n_tup_ins, s.n_tup_upd, s.n_tup_del, c.relfilenode), ',' ORDER BY s.relid)
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+"""
+
+
+class PostgresDatabase:
+    """The one place that knows PostgreSQL: pooled sessions that can only read, one statement per call.
+
+    Each call borrows a pooled connection and runs exactly one statement, always through the
+    extended protocol (which refuses `SELECT 1; COMMIT; DROP ...`), inside a READ ONLY transaction
+    that is always rolled back, so nothing the statement starts (a large object, a NOTIFY, a
+    setting) outlives the call; the pool then runs DISCARD ALL, which ends session state that a
+    rollback keeps (advisory locks, prepared statements). Every connection starts with
+    default_transaction_read_only, statement_timeout and idle_in_transaction_session_timeout set.
+    Roles that read files or run programs despite all that (superusers, pg_*_server_* members)
+    are refused.
+    """
+
+    dialect = "PostgreSQL"
+
+    def __init__(self, url: str, timeout_ms: int, pool_size: int):
+        try:  # imported only when a PostgreSQL URL is given: the extra is optional
+            import psycopg
+            import psycopg_pool
+        except ImportError:
+            raise SystemExit(
+                f"{SERVER_NAME}: DATABASE_URL names PostgreSQL, which needs the postgres extra:"
+                " pip install 'safe-data-mcp[postgres]' (or uv run --extra postgres ...)"
+            ) from None
+        self.pg, self.pg_pool = psycopg, psycopg_pool
+        try:
+            given = psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise SystemExit(f"{SERVER_NAME}: bad setting MCP_DATABASE_URL: {exc}") from None
+        limits = (
+            f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms}"
+            f" -c idle_in_transaction_session_timeout={timeout_ms}"
+        )
+        self.conninfo = psycopg.conninfo.make_conninfo(
+            url,
+            options=f"{given['options']} {limits}" if given.get("options") else limits,
+            application_name=given.get("application_name", SERVER_NAME),
+        )
+        self.label = f"PostgreSQL database {given.get('dbname', '?')} on {given.get('host', 'localhost')}"
+        self.pool_size, self.timeout_s = pool_size, timeout_ms / 1000
+        self.chunk = 500 if psycopg.capabilities.has_stream_chunked() else 1  # rows per network read
+        self._pool: Any = None
+        self._lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return self.label
+
+    def _open_pool(self) -> Any:
+        with self._lock:
+            if self._pool is None:
+                wait = max(2, math.ceil(self.timeout_s))
+                with self.pg.connect(self.conninfo, autocommit=True, connect_timeout=wait) as conn:
+                    _refuse_privileged_role(conn)
+                self._pool = self.pg_pool.ConnectionPool(
+                    self.conninfo,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    name=SERVER_NAME,
+                    open=True,
+                    kwargs={"autocommit": True, "prepare_threshold": None},  # nothing prepared server-side
+                    configure=_configure_connection,
+                    reset=lambda conn: conn.execute("DISCARD ALL"),
+                    check=self.pg_pool.ConnectionPool.check_connection,  # replace one lost to a restart
+                )
+            return self._pool
+
+    def close(self) -> None:
+        """Close the pool (when the server stops); the next call would open a new one."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    @contextlib.contextmanager
+    def _session(self, deadline: Deadline) -> Iterator[Any]:
+        """A pooled connection in a READ ONLY transaction that is rolled back at the end, whose
+        statement PostgreSQL cancels if the call is cancelled or outlives its deadline."""
+        pool = self._open_pool()
+        try:
+            conn = pool.getconn(timeout=max(0.1, deadline.at - time.monotonic()))
+        except self.pg_pool.PoolTimeout:
+            raise QueryRefused(
+                f"no PostgreSQL connection came free before the deadline (all {self.pool_size} busy,"
+                " or the server is unreachable); try again, or raise MCP_POOL_SIZE"
+            ) from None
+        done = threading.Event()
+        watcher = threading.Thread(target=_cancel_when_passed, args=(conn, deadline, done), daemon=True)
+        watcher.start()
+        try:
+            conn.execute("BEGIN TRANSACTION READ ONLY")
+            yield conn
+        finally:
+            done.set()
+            watcher.join()
+            try:
+                conn.execute("ROLLBACK")  # whatever the statement did did not happen
+            except self.pg.Error:
+                conn.close()  # lost, or stuck in COPY: the pool replaces a closed connection
+            pool.putconn(conn)
+
+    def _run(self, work: Any, deadline: Deadline) -> Any:
+        try:
+            return work()
+        except (self.pg.Error, UnicodeEncodeError) as exc:
+            raise _explain_postgres(exc, deadline) from None
+
+    def execute(
+        self, sql: str, params: list | dict | None, max_rows: int, skip: int, deadline: Deadline
+    ) -> tuple[list[str], list[list[Any]], bool]:
+        """Run one read-only statement; return columns, up to `max_rows` rows after `skip`, more?"""
+        if isinstance(params, dict):
+            raise QueryRefused("PostgreSQL placeholders are $1, $2, ...: pass params as a list, not an object")
+
+        def work() -> tuple[list[str], list[list[Any]], bool]:
+            with self._session(deadline) as conn:
+                cursor = self.pg.RawCursor(conn)  # $1 placeholders as PostgreSQL has them; % is not special
+                rows = _PostgresRows(cursor.stream(sql, params, size=self.chunk))  # streamed: the extended protocol
+                if skip:
+                    _discard(rows, skip)
+                page, more = _fetch_page(rows, max_rows)
+                rows.close()
+                if cursor.description:
+                    return [column.name for column in cursor.description], page, more
+                # No row came, so no description either: the unnamed statement still describes itself.
+                described = conn.pgconn.describe_prepared(b"")
+                encoding = conn.info.encoding
+                return [described.fname(i).decode(encoding) for i in range(described.nfields)], page, more
+
+        return self._run(work, deadline)
+
+    def fingerprint(self) -> str:
+        """Changes whenever the rows of any table do (see PG_FINGERPRINT)."""
+        deadline = Deadline(self.timeout_s)
+
+        def work() -> str:
+            with self._session(deadline) as conn:
+                (state,) = conn.execute(PG_FINGERPRINT).fetchone()
+            return hashlib.sha256((state or "").encode()).hexdigest()[:16]
+
+        return self._run(work, deadline)
+
+    # Introspection reads the catalog with parameters; the only built SQL quotes catalog names.
+
+    def _objects(self, conn: Any) -> dict[str, tuple]:
+        """Readable tables and views by schema-qualified name: (schema, name, type, relkind, oid, visible)."""
+        return {f"{row[0]}.{row[1]}": row for row in conn.execute(PG_OBJECTS)}
+
+    def table_names(self, deadline: Deadline) -> list[str]:
+        def work() -> list[str]:
+            with self._session(deadline) as conn:
+                return list(self._objects(conn))
+
+        return self._run(work, deadline)
+
+    def _row_count(self, conn: Any, schema: str, name: str, deadline: Deadline) -> int | None:
+        if deadline.passed():
+            return None
+        conn.execute("SAVEPOINT row_count")
+        try:
+            table = f"{quote_identifier(schema)}.{quote_identifier(name)}"
+            return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        except self.pg.Error:
+            conn.execute("ROLLBACK TO SAVEPOINT row_count")
+            return None  # stopped at the deadline, or a view that cannot be evaluated
+
+    def list_tables(self, deadline: Deadline) -> list[TableSummary]:
+        def work() -> list[TableSummary]:
+            with self._session(deadline) as conn:
+                return [
+                    TableSummary(name=qualified, type=kind, row_count=self._row_count(conn, schema, name, deadline))
+                    for qualified, (schema, name, kind, *_) in self._objects(conn).items()
+                ]
+
+        return self._run(work, deadline)
+
+    def describe_table(self, name: str, deadline: Deadline) -> TableDescription:
+        def work() -> TableDescription:
+            with self._session(deadline) as conn:
+                objects = self._objects(conn)
+                # "schema.table" as list_tables shows it, or a bare name that the search_path finds
+                found = objects.get(name) or next((o for o in objects.values() if o[5] and o[1] == name), None)
+                if found is None:
+                    known = ", ".join(list(objects)[:100]) or "none"
+                    raise QueryRefused(f"no table or view named {name!r}; the tables are: {known}")
+                return self._describe(conn, found, deadline)
+
+        return self._run(work, deadline)
+
+    def _describe(self, conn: Any, found: tuple, deadline: Deadline | None) -> TableDescription:
+        schema, name, kind, relkind, oid, _ = found
+        qualified = f"{quote_identifier(schema)}.{quote_identifier(name)}"
+        columns = [
+            ColumnInfo(name=c, type=t, nullable=nullable, default=d, primary_key=pk)
+            for c, t, nullable, d, pk in conn.execute(PG_COLUMNS, (oid,))
+        ]
+        foreign_keys = [
+            ForeignKey(columns=source, references_table=target, references_columns=dest)
+            for target, source, dest in conn.execute(PG_FOREIGN_KEYS, (oid,))
+        ]
+        indexes = [
+            IndexInfo(name=index, unique=unique, columns=keys)
+            for index, unique, keys in conn.execute(PG_INDEXES, (oid,))
+        ]
+        if kind == "view":
+            (body,) = conn.execute("SELECT pg_get_viewdef(%s, true)", (oid,)).fetchone()
+            verb = "CREATE MATERIALIZED VIEW" if relkind == "m" else "CREATE VIEW"
+            create_sql = f"{verb} {qualified} AS\n{body}"
+        else:  # PostgreSQL keeps no CREATE TABLE text: this one is rebuilt from the catalog
+            lines = [
+                f"{quote_identifier(c.name)} {c.type}{'' if c.nullable else ' NOT NULL'}"
+                + (f" DEFAULT {c.default}" if c.default else "")
+                for c in columns
+            ]
+            lines += [f"CONSTRAINT {quote_identifier(n)} {d}" for n, d in conn.execute(PG_CONSTRAINTS, (oid,))]
+            create_sql = f"CREATE TABLE {qualified} (\n    " + ",\n    ".join(lines) + "\n)"
+        return TableDescription(
+            name=f"{schema}.{name}",
+            type=kind,
+            columns=columns,
+            foreign_keys=foreign_keys,
+            indexes=indexes,
+            row_count=self._row_count(conn, schema, name, deadline) if deadline else None,
+            create_sql=create_sql,
+        )
+
+    def schema_sql(self, deadline: Deadline) -> str:
+        """The CREATE statements, for a model that is asked to write SQL against them."""
+
+        def work() -> str:
+            parts: list[str] = []
+            with self._session(deadline) as conn:
+                for found in self._objects(conn).values():
+                    if deadline.passed() or sum(map(len, parts)) > 20_000:
+                        break
+                    parts.append(self._describe(conn, found, None).create_sql or "")
+            return "\n".join(parts)[:20_000]
+
+        return self._run(work, deadline)
+
+
+class _PostgresRows:
+    """A psycopg row stream read through the fetchmany/fetchone calls that _fetch_page makes."""
+
+    def __init__(self, stream: Iterator[tuple]):
+        self.stream = stream
+
+    def fetchmany(self, size: int) -> list[list[Any]]:
+        return [[_postgres_value(value) for value in row] for row in itertools.islice(self.stream, size)]
+
+    def fetchone(self) -> tuple | None:
+        return next(self.stream, None)
+
+    def close(self) -> None:
+        self.stream.close()  # psycopg cancels the rest of the result on the server
+
+
+def _postgres_value(value: Any) -> Any:
+    """A psycopg value as JSON can carry it, before _cell bounds it: arrays stay lists, and
+    anything not already JSON (uuid, inet, ranges, ...) becomes its text."""
+    if value is None or isinstance(value, str | int | float | bytes):
+        return value
+    if isinstance(value, list):
+        return [_cell(_postgres_value(item)) for item in value]
+    return str(value)
+
+
+def _configure_connection(conn: Any) -> None:
+    """Once per pooled connection: the types in PG_TEXT_TYPES load as PostgreSQL's text."""
+    from psycopg.types.string import TextLoader
+
+    for name in PG_TEXT_TYPES:
+        conn.adapters.register_loader(name, TextLoader)
+
+
+def _refuse_privileged_role(conn: Any) -> None:
+    """Refuse a role that PostgreSQL lets reach files or programs even in a read-only transaction."""
+    superuser, reach = conn.execute(
+        "SELECT rolsuper, ARRAY(SELECT r.rolname::text FROM pg_roles r WHERE (r.rolsuper OR r.rolname = ANY(%s))"
+        " AND pg_has_role(session_user, r.oid, 'MEMBER') ORDER BY 1) FROM pg_roles WHERE rolname = session_user",
+        (list(PG_FILE_ROLES),),
+    ).fetchone()
+    if superuser or reach:
+        what = "is a superuser" if superuser else f"can act as {', '.join(reach)}"
+        raise QueryRefused(
+            f"the PostgreSQL role {conn.info.user!r} {what}, which PostgreSQL lets read server files and run"
+            " programs even inside a read-only transaction; connect as a role that can only read (see the README)"
+        )
+
+
+def _cancel_when_passed(conn: Any, deadline: Deadline, done: threading.Event) -> None:
+    """Watch one call: when it is cancelled or outlives its deadline, cancel its statement on the server."""
+    while not done.wait(0.05):
+        if deadline.passed():
+            with contextlib.suppress(Exception):
+                conn.cancel_safe(timeout=5)
+            return
+
+
+def _explain_postgres(exc: Exception, deadline: Deadline) -> QueryRefused:
+    """Turn a psycopg error into a message that says what was wrong and what to do instead."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    text = (diag.message_primary if diag is not None and diag.message_primary else str(exc)).strip()
+    if sqlstate == "25006":  # read_only_sql_transaction
+        return QueryRefused(f"only read-only statements are allowed: {text}; this server can only read")
+    if sqlstate == "57014":  # query_canceled: statement_timeout, or our cancel at the deadline or on request
+        if deadline.stop.is_set():
+            return QueryRefused("the query was cancelled")
+        return QueryRefused(
+            f"the query ran past its {deadline.seconds * 1000:.0f} ms deadline and was stopped;"
+            " narrow it with WHERE or LIMIT"
+        )
+    if "multiple commands" in text:
+        return QueryRefused("send exactly one SQL statement per call")
+    if sqlstate == "42501":  # insufficient_privilege
+        return QueryRefused(f"PostgreSQL refused: {text}; this server only reads what its role may read")
+    if sqlstate in ("08P01", "42P02") or "cannot adapt" in text or "query parameter" in text:
+        return QueryRefused(f"parameters do not match the query: {text}")
+    if isinstance(exc, UnicodeEncodeError):
+        return QueryRefused("the query or a parameter is not valid Unicode text (lone surrogate?)")
+    if "didn't produce a result" in text or "EMPTY_QUERY" in text:
+        return QueryRefused("the statement returned no columns: only queries are allowed")
+    if "COPY" in text and sqlstate is None:
+        return QueryRefused("COPY is not available here: read the rows with SELECT")
+    if sqlstate is None and "connection" in text.lower():
+        return QueryRefused(f"cannot reach PostgreSQL: {text}")
+    return QueryRefused(f"PostgreSQL said: {text}")
+
+
+def open_database(settings: Settings) -> SQLiteDatabase | PostgresDatabase:
+    """The one switch between the engines: PostgreSQL when a URL is set, SQLite otherwise."""
+    if settings.database_url:
+        url = settings.database_url.get_secret_value()
+        return PostgresDatabase(url, settings.query_timeout_ms, settings.pool_size)
+    assert settings.db_path
+    return SQLiteDatabase(settings.db_path)
 
 
 # --- Page cursors ------------------------------------------------------------------------------
@@ -637,6 +1114,11 @@ def parse_json(raw: bytes) -> Any:
         raise PathRefused(f"the file is not acceptable JSON: {exc}") from None
     if _depth_exceeds(value, MAX_JSON_DEPTH):
         raise PathRefused(f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+    if re.search(rb"\\u[dD][89a-fA-F]", raw):  # a surrogate escape: text only when it is half of a pair
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise PathRefused("the JSON holds a lone surrogate escape (\\ud800-\\udfff), which is not text") from None
     return value
 
 
@@ -688,27 +1170,42 @@ def resolve_pointer(document: Any, pointer: str) -> Any:
     return node
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Translate a glob ('*', '?', '[...]', '**' for any depth) into a regex over / paths."""
+def glob_matcher(pattern: str) -> Any:
+    """A test of / paths against a glob: '*', '?', '[...]' within one name, '**' for any depth.
+
+    No pattern can take exponential time (a regex over whole paths could, and re holds the GIL):
+    each name is matched on its own, its stars as atomic groups like fnmatch's, and '**' through
+    a table of which path prefixes the segments so far can match.
+    """
     if "\x00" in pattern or pattern.startswith("/") or ".." in pattern.split("/"):
         raise PathRefused(f"the pattern {pattern!r} must stay inside the folder (no '/' start, no '..')")
-    segments = pattern.split("/")
-    regex = ""
-    for index, segment in enumerate(segments):
-        last = index == len(segments) - 1
-        if segment == "**":
-            regex += "(?:[^/]+/)*[^/]+" if last else "(?:[^/]+/)*"
-        else:
-            regex += _segment_regex(segment) + ("" if last else "/")
-    return re.compile(regex, re.DOTALL)
+    try:
+        segments = [None if s == "**" else re.compile(_segment_regex(s), re.DOTALL) for s in pattern.split("/")]
+    except re.error as exc:
+        raise PathRefused(f"the pattern {pattern!r} is not a valid glob: {exc}") from None
+
+    def matches(path: str) -> bool:
+        parts = path.split("/")
+        reach = [True] + [False] * len(parts)  # reach[j]: the segments so far match exactly parts[:j]
+        for index, segment in enumerate(segments):
+            if segment is None:  # any number of parts; at least one when '**' ends the pattern
+                spread = list(itertools.accumulate(reach, max))
+                reach = spread if index < len(segments) - 1 else [False, *spread[:-1]]
+            else:
+                reach = [False] + [reach[j] and segment.fullmatch(part) is not None for j, part in enumerate(parts)]
+        return reach[-1]
+
+    return matches
 
 
 def _segment_regex(segment: str) -> str:
-    out, i = "", 0
+    """One name's glob as a regex whose stars cannot backtrack into each other."""
+    chunks, out, i = [], "", 0
     while i < len(segment):
         char, end = segment[i], segment.find("]", i + 2)  # "[]]" is a class holding "]"
         if char == "*":
-            out += "[^/]*"
+            chunks.append(out)
+            out = ""
         elif char == "?":
             out += "[^/]"
         elif char == "[" and end != -1:
@@ -718,12 +1215,15 @@ def _segment_regex(segment: str) -> str:
         else:
             out += re.escape(char)
         i += 1
-    return out
+    if not chunks:
+        return out
+    head, *middle = chunks  # head*middle[0]*...*out: each middle chunk at its first match
+    return head + "".join(f"(?>.*?{chunk})" for chunk in middle if chunk) + ".*" + out
 
 
 def list_entries(root: Path, folder: Path, pattern: str, deadline: Deadline) -> FileList:
     """Entries under `folder` matching `pattern`, never following a symlink, bounded in count and time."""
-    matcher = glob_regex(pattern)
+    matcher = glob_matcher(pattern)
     depth = None if "**" in pattern else pattern.count("/") + 1
     entries: list[FileEntry] = []
     pending = [(folder, "", 1)]
@@ -738,7 +1238,7 @@ def list_entries(root: Path, folder: Path, pattern: str, deadline: Deadline) -> 
             if deadline.passed() or len(entries) >= MAX_LIST_ENTRIES:
                 return FileList(entries=entries, truncated=True)
             name = prefix + child.name
-            if matcher.fullmatch(name):
+            if matcher(name):
                 entries.append(_entry(root, child))
             if (depth is None or level < depth) and child.is_dir(follow_symlinks=False):
                 pending.append((Path(child.path), name + "/", level + 1))
@@ -752,8 +1252,10 @@ def _entry(root: Path, child: os.DirEntry) -> FileEntry:
         "directory" if stat.S_ISDIR(info.st_mode) else
         "file" if stat.S_ISREG(info.st_mode) else "other"
     )  # fmt: skip
+    path = relative_name(root, Path(child.path).parent.resolve() / child.name)
     return FileEntry(
-        path=relative_name(root, Path(child.path).parent.resolve() / child.name),
+        # a name that is not UTF-8 cannot travel as JSON text: show it with U+FFFD, not fail the listing
+        path=os.fsencode(path).decode("utf-8", "replace"),
         kind=kind,
         size=info.st_size if kind == "file" else None,
         modified=datetime.fromtimestamp(info.st_mtime, UTC).isoformat(timespec="seconds"),
@@ -915,7 +1417,7 @@ NO_SAMPLING = (
     " write the query yourself and call query_database"
 )
 ASK_SYSTEM_PROMPT = (
-    "You translate a question into exactly one read-only SQLite SELECT statement for the schema"
+    "You translate a question into exactly one read-only {dialect} SELECT statement for the schema"
     " below. Answer with the SQL only: no prose, no code fences, no semicolon-separated extras."
 )
 
@@ -947,16 +1449,49 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def output_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The output schema FastMCP derives from a `-> model` annotation, for tools that return ToolResult."""
+    return compress_schema(model.model_json_schema(mode="serialization"), prune_titles=True)
+
+
+def structured(result: BaseModel) -> ToolResult:
+    """`result` as structuredContent plus the same compact JSON as one text block, each built once.
+
+    What FastMCP sends for a returned model, without its generic path that encodes the result four
+    times and parses it twice: a 10,000-row page spent more time there than in SQLite.
+    """
+    text = TextContent(type="text", text=result.model_dump_json())
+    # model_construct, not ToolResult(...): the constructor encodes and parses structured content once
+    # more to make it JSON, and pydantic's JSON mode has already made it so.
+    return ToolResult.model_construct(content=[text], structured_content=result.model_dump(mode="json"))
+
+
+def close_at_exit(database: SQLiteDatabase | PostgresDatabase) -> Any:
+    """A FastMCP lifespan that closes the database (PostgreSQL's pool) when the server stops."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_server: FastMCP) -> Any:
+        try:
+            yield {}
+        finally:
+            await anyio.to_thread.run_sync(database.close)
+
+    return lifespan
+
+
 def create_server(settings: Settings) -> FastMCP:
     """Build the one FastMCP instance from settings: tools, resources and middleware."""
     configure_logging(settings.log_level)
-    if settings.db_path is None or settings.files_root is None:
+    if settings.files_root is None or (settings.db_path is None and settings.database_url is None):
         demo_db, demo_files = ensure_demo(demo_folder())
         settings = settings.model_copy(
-            update={"db_path": settings.db_path or demo_db, "files_root": settings.files_root or demo_files}
+            update={
+                "db_path": settings.db_path or (None if settings.database_url else demo_db),
+                "files_root": settings.files_root or demo_files,
+            }
         )
-    assert settings.db_path and settings.files_root
-    database = SQLiteDatabase(settings.db_path)
+    assert settings.files_root
+    database = open_database(settings)
     files_root = settings.files_root
     timeout_s = settings.query_timeout_ms / 1000
     secret = settings.cursor_secret.get_secret_value().encode() if settings.cursor_secret else secrets.token_bytes(32)
@@ -978,7 +1513,7 @@ def create_server(settings: Settings) -> FastMCP:
         SERVER_NAME,
         version=SERVER_VERSION,
         instructions=(
-            "Read-only access to a SQL database and a folder of JSON files. Start with list_tables"
+            f"Read-only access to a {database.dialect} database and a folder of JSON files. Start with list_tables"
             " and describe_table, then query_database with one SELECT; page on with next_cursor."
             " Use list_files and read_json for the files."
         ),
@@ -986,6 +1521,7 @@ def create_server(settings: Settings) -> FastMCP:
         auth_token=settings.auth_token,
         middleware=middleware,
         mask_error_details=settings.mask_error_details,
+        lifespan=close_at_exit(database),
     )
 
     async def in_thread(ctx: Context | None, work: Any, stop: threading.Event) -> Any:
@@ -1023,10 +1559,18 @@ def create_server(settings: Settings) -> FastMCP:
                 await ctx.warning(f"refused: {exc}")
             raise ToolError(str(exc)) from None
 
+    async def fingerprint() -> str:
+        """The data's version, asked off the event loop: on PostgreSQL it is a round trip."""
+        return await run_sql(None, lambda _deadline: database.fingerprint())
+
     async def page(ctx: Context | None, sql: str, params: list | dict | None, max_rows: int, skip: int) -> QueryResult:
-        fingerprint = database.fingerprint()
+        def work(deadline: Deadline) -> tuple[str, tuple[list[str], list[list[Any]], bool]]:
+            # The version first, then the rows, in one trip to a worker thread: each trip costs
+            # more than a small query does.
+            return database.fingerprint(), database.execute(sql, params, max_rows, skip, deadline)
+
         started = time.perf_counter()
-        columns, rows, more = await run_sql(ctx, partial(database.execute, sql, params, max_rows, skip))
+        version, (columns, rows, more) = await run_sql(ctx, work)
         elapsed = round((time.perf_counter() - started) * 1000, 2)
         cursor = None
         if more:
@@ -1035,7 +1579,7 @@ def create_server(settings: Settings) -> FastMCP:
                 "p": params,
                 "n": max_rows,
                 "o": skip + len(rows),
-                "f": fingerprint,
+                "f": version,
                 "expires": time.time() + CURSOR_TTL_S,
             }
             cursor = cursors.encode(state)
@@ -1045,19 +1589,19 @@ def create_server(settings: Settings) -> FastMCP:
             columns=columns, rows=rows, row_count=len(rows), truncated=more, next_cursor=cursor, elapsed_ms=elapsed
         )
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(annotations=READ_ONLY, output_schema=output_schema(QueryResult))
     async def query_database(
         query: Annotated[str, Field(max_length=MAX_SQL_CHARS)] = "",
         params: list[Any] | dict[str, Any] | None = None,
         max_rows: Annotated[int, Field(ge=1, le=MAX_ROWS_LIMIT)] | None = None,
         cursor: str | None = None,
         ctx: Context | None = None,
-    ) -> QueryResult:
-        """Run one read-only SQL statement (SELECT, WITH, EXPLAIN QUERY PLAN, pragma_* functions).
+    ) -> ToolResult:
+        """Run one read-only SQL statement (SELECT, WITH, EXPLAIN; on SQLite also pragma_* functions).
 
         Args:
-            query: One SQL statement. Use ? or :name placeholders for values.
-            params: Values for the placeholders: a list for ?, an object for :name.
+            query: One SQL statement. Placeholders for values: ? or :name on SQLite, $1, $2 on PostgreSQL.
+            params: Values for the placeholders: a list for ? and $1, an object for :name.
             max_rows: Rows per page (default from MCP_MAX_ROWS). Longer results come in pages.
             cursor: The next_cursor of a previous page, to continue that result; omit query then.
         """
@@ -1066,12 +1610,12 @@ def create_server(settings: Settings) -> FastMCP:
                 state = cursors.decode(cursor)
             except QueryRefused as exc:
                 raise ToolError(str(exc)) from None
-            if state["f"] != database.fingerprint():
+            if state["f"] != await fingerprint():
                 raise ToolError("the database changed since this cursor was made; rerun the query")
-            return await page(ctx, state["q"], state["p"], max_rows or state["n"], state["o"])
+            return structured(await page(ctx, state["q"], state["p"], max_rows or state["n"], state["o"]))
         if not query.strip():
             raise ToolError("give a SQL query, or a cursor to continue a previous result")
-        return await page(ctx, query, params, max_rows or settings.max_rows, 0)
+        return structured(await page(ctx, query, params, max_rows or settings.max_rows, 0))
 
     @mcp.tool(annotations=READ_ONLY)
     async def ask_database(question: Annotated[str, Field(min_length=1, max_length=2000)], ctx: Context) -> AskResult:
@@ -1087,7 +1631,7 @@ def create_server(settings: Settings) -> FastMCP:
         try:
             reply = await ctx.session.create_message(
                 messages=[SamplingMessage(role="user", content=TextContent(type="text", text=question))],
-                system_prompt=f"{ASK_SYSTEM_PROMPT}\n\n{schema}",
+                system_prompt=f"{ASK_SYSTEM_PROMPT.format(dialect=database.dialect)}\n\n{schema}",
                 max_tokens=800,
                 related_request_id=ctx.request_id,
             )
@@ -1195,10 +1739,11 @@ def create_server(settings: Settings) -> FastMCP:
             and argument.name == "table"
         ):
             names = await run_sql(None, database.table_names)
-            return [name for name in names if name.lower().startswith(argument.value.lower())]
+            typed = argument.value.lower()  # "boo" finds "books", and on PostgreSQL "public.books" too
+            return [n for n in names if n.lower().startswith(typed) or n.lower().rpartition(".")[2].startswith(typed)]
         return []
 
-    log.info("serving %s read-only, and JSON files under %s", settings.db_path, files_root)
+    log.info("serving %s read-only, and JSON files under %s", settings.db_path or database, files_root)
     return mcp
 
 
@@ -1227,15 +1772,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transport", choices=["stdio", "sse", "http", "streamable-http"], default="stdio")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind for sse/http (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port for sse/http (default 8000)")
+    parser.add_argument(
+        "--stateless", action="store_true", help="http: no sessions, so any of several processes can answer any request"
+    )
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, dest=name, default=None, help=f"{field.description or name} (MCP_{name.upper()})")
     args = vars(parser.parse_args(argv))
-    transport, host, port = args.pop("transport"), args.pop("host"), args.pop("port")
+    transport, host, port, stateless = args.pop("transport"), args.pop("host"), args.pop("port"), args.pop("stateless")
+    if stateless and transport not in ("http", "streamable-http"):
+        parser.error("--stateless needs --transport http")
     server = create_server(load_settings(**args)) if any(v is not None for v in args.values()) else mcp
+    # Start-up leaves ~130,000 long-lived objects (FastMCP, the SDK, pydantic schemas): frozen, no
+    # collection walks them again. A 10,000-row result allocates ~100,000 lists on its way out;
+    # collecting every 10,000 allocations instead of 700 keeps the collector's share small. Together
+    # they halve the time of such a call (benchmarks/bench.py); cycles are still collected.
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
     if transport == "stdio":
         log.info("speaking MCP over stdio: connect a client such as Claude Desktop (Ctrl-C stops)")
         server.run("stdio", show_banner=False)
+    elif stateless:
+        server.run(transport, show_banner=False, host=host, port=port, stateless_http=True)
     else:
         server.run(transport, show_banner=False, host=host, port=port)
 

@@ -82,6 +82,14 @@ def build_files(root: Path) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """A developer's own MCP_* or DATABASE_URL settings must not leak into the tests."""
+    for name in list(os.environ):
+        if name.startswith("MCP_") or name == "DATABASE_URL":
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return build_database(tmp_path / "library.db")
@@ -215,7 +223,7 @@ GOOD_SQL = [
     "SELECT name FROM sqlite_schema WHERE type = 'table'",
     "SELECT * FROM book_titles",
     "SELECT 'DROP TABLE books' AS looks_like_a_write",
-    "SELECT \"delete\" FROM (SELECT 1 AS \"delete\")",
+    'SELECT "delete" FROM (SELECT 1 AS "delete")',
     "VALUES (1, 2), (3, 4)",
     "SELECT upper(title), length(title), json_object('t', title) FROM books",
 ]
@@ -386,7 +394,9 @@ async def test_pages_return_every_row_exactly_once(make_server):
 
 async def test_cursor_keeps_parameters(make_server):
     async with Client(make_server()) as client:
-        first = await call(client, "query_database", query="SELECT n FROM numbers WHERE n > ?", params=[2490], max_rows=6)
+        first = await call(
+            client, "query_database", query="SELECT n FROM numbers WHERE n > ?", params=[2490], max_rows=6
+        )
         second = await call(client, "query_database", cursor=first["next_cursor"])
     assert [r[0] for r in first["rows"] + second["rows"]] == list(range(2491, 2501))
     assert second["truncated"] is False and second["next_cursor"] is None
@@ -470,7 +480,9 @@ async def test_describe_table_gives_columns_keys_indexes(make_server):
         ("price", "REAL", True, 0),
     ]
     assert result["columns"][2]["default"] == "'untitled'"
-    assert result["foreign_keys"] == [{"columns": ["author_id"], "references_table": "authors", "references_columns": ["id"]}]
+    assert result["foreign_keys"] == [
+        {"columns": ["author_id"], "references_table": "authors", "references_columns": ["id"]}
+    ]
     assert result["indexes"] == [{"name": "books_by_author", "columns": ["author_id"], "unique": False}]
     assert result["row_count"] == 3
     assert result["create_sql"].startswith("CREATE TABLE books")
@@ -940,7 +952,9 @@ def test_cli_flag_names_the_problem_too(tmp_path):
     assert result.returncode != 0 and "MCP_MAX_ROWS" in result.stderr
 
 
-@pytest.mark.parametrize(("text", "expected"), [("100/hour", (100, 3600.0)), ("5/second", (5, 1.0)), ("2 / minutes", (2, 60.0))])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("100/hour", (100, 3600.0)), ("5/second", (5, 1.0)), ("2 / minutes", (2, 60.0))]
+)
 def test_rate_limit_parses(text, expected):
     assert server.parse_rate_limit(text) == expected
 
@@ -974,7 +988,9 @@ async def test_demo_database_is_realistic(tmp_path):
     async with Client(create_server(Settings(db_path=database, files_root=files))) as client:
         tables = {t["name"]: t for t in (await call(client, "list_tables"))["tables"]}
         orders = await call(client, "describe_table", table="orders")
-        top = await call(client, "query_database", query="SELECT customer, total FROM order_totals ORDER BY total DESC LIMIT 3")
+        top = await call(
+            client, "query_database", query="SELECT customer, total FROM order_totals ORDER BY total DESC LIMIT 3"
+        )
     assert {"customers", "products", "orders", "order_items", "order_totals"} <= set(tables)
     assert tables["order_totals"]["type"] == "view"
     assert 300 <= sum(t["row_count"] for t in tables.values() if t["type"] == "table") <= 2000
@@ -1060,7 +1076,10 @@ async def test_stdio_end_to_end(server_env, command, db_path):
 
 @pytest.mark.parametrize(
     "launcher",
-    [["server.py", "--transport", "sse", "--port"], ["-m", "fastmcp.cli", "run", "server.py", "--transport", "sse", "--port"]],
+    [
+        ["server.py", "--transport", "sse", "--port"],
+        ["-m", "fastmcp.cli", "run", "server.py", "--transport", "sse", "--port"],
+    ],
     ids=["python-server.py", "fastmcp-run"],
 )
 async def test_sse_end_to_end(server_env, launcher):
@@ -1072,7 +1091,10 @@ async def test_sse_end_to_end(server_env, launcher):
 
 @pytest.mark.parametrize(
     "launcher",
-    [["server.py", "--transport", "http", "--port"], ["-m", "fastmcp.cli", "run", "server.py", "--transport", "http", "--port"]],
+    [
+        ["server.py", "--transport", "http", "--port"],
+        ["-m", "fastmcp.cli", "run", "server.py", "--transport", "http", "--port"],
+    ],
     ids=["python-server.py", "fastmcp-run"],
 )
 async def test_http_end_to_end(server_env, launcher):
@@ -1085,7 +1107,9 @@ async def test_http_end_to_end(server_env, launcher):
 async def test_sampling_over_sse(server_env):
     handler, _ = answering("SELECT count(*) FROM books")
     port = free_port()
-    with serving(PYTHON, "server.py", "--transport", "sse", "--port", str(port), env=server_env, port=port, path="/sse") as url:
+    with serving(
+        PYTHON, "server.py", "--transport", "sse", "--port", str(port), env=server_env, port=port, path="/sse"
+    ) as url:
         async with Client(SSETransport(url), sampling_handler=handler) as client:
             result = await call(client, "ask_database", question="how many books?")
     assert result["result"]["rows"] == [[3]]
@@ -1191,7 +1215,9 @@ def test_inspector_cli_over_stdio(server_env):
 @needs_npx
 def test_inspector_cli_over_sse(server_env):
     port = free_port()
-    with serving(PYTHON, "server.py", "--transport", "sse", "--port", str(port), env=server_env, port=port, path="/sse") as url:
+    with serving(
+        PYTHON, "server.py", "--transport", "sse", "--port", str(port), env=server_env, port=port, path="/sse"
+    ) as url:
         listed = npx(INSPECTOR, "--cli", url, "--transport", "sse", "--method", "tools/list")
         called = npx(
             INSPECTOR, "--cli", url, "--transport", "sse", "--method", "tools/call",

@@ -1,0 +1,841 @@
+"""The same server on a real PostgreSQL: every tool, the read-only guarantees under hostile input, and
+stateless HTTP with two processes behind a (simulated) load balancer.
+
+PostgreSQL comes from a throwaway cluster that the session starts itself (initdb and pg_ctl on a free
+loopback port, as an unprivileged user) when PostgreSQL is installed, or from TEST_DATABASE_URL (a
+postgresql:// URL of a superuser on a server the tests may use) when set. Without either the tests
+skip and say how to enable them; under CI=true they fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import pwd
+import secrets
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import psycopg
+import pytest
+from fastmcp import Client
+from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
+
+from server import Settings, create_server
+from test_server import EXPECTED_TOOLS, HERE, PYTHON, answering, build_files, call, error_of, free_port, serving
+
+HOW_TO_ENABLE = (
+    "install PostgreSQL (apt-get install postgresql: the tests start their own cluster)"
+    " or set TEST_DATABASE_URL=postgresql://SUPERUSER:PASSWORD@HOST:PORT/postgres"
+)
+
+SCHEMA = """
+CREATE TABLE authors (id int PRIMARY KEY, name text NOT NULL, born int);
+CREATE TABLE books (
+    id serial PRIMARY KEY,
+    author_id int NOT NULL REFERENCES authors(id),
+    title text NOT NULL DEFAULT 'untitled',
+    price numeric(6, 2)
+);
+CREATE INDEX books_by_author ON books(author_id);
+CREATE VIEW book_titles AS SELECT b.title, a.name FROM books b JOIN authors a ON a.id = b.author_id;
+CREATE TABLE numbers (n int PRIMARY KEY);
+CREATE TABLE oddities (
+    id int PRIMARY KEY, blob bytea, amount numeric, happened timestamptz, day date, span interval,
+    doc jsonb, tags text[], uid uuid, addr inet, ratio double precision, long text
+);
+CREATE SCHEMA archive;
+CREATE TABLE archive.books (id int PRIMARY KEY, title text);
+CREATE SEQUENCE tickets;
+
+INSERT INTO authors VALUES (1, 'Ursula', 1929), (2, 'Stanisław', 1921);
+INSERT INTO books (author_id, title, price)
+    VALUES (1, 'The Dispossessed', 9.5), (1, 'Earthsea', 7.25), (2, 'Solaris', 8);
+INSERT INTO numbers SELECT generate_series(1, 2500);
+INSERT INTO oddities VALUES
+    (1, '\\x0001ff', 12345678901234567890.123456789, '2026-03-01 12:30:00+00', '2026-03-01', '1 day 02:00:00',
+     '{"a": [1, 2]}', '{x,y}', '00000000-0000-0000-0000-000000000001', '10.0.0.1', 'NaN', repeat('x', 10500)),
+    (2, NULL, 0.0000000001, 'infinity', '-infinity', NULL, 'null', '{}', NULL, NULL, '-Infinity', '');
+INSERT INTO archive.books VALUES (1, 'Old copy');
+SELECT lo_from_bytea(4242, 'a large object');
+"""
+
+# The read-only role of the README, word for word (POSTGRES_SECTION.md); {role}, {password}, {database} filled in.
+READ_ONLY_ROLE_RECIPE = """
+CREATE ROLE {role} LOGIN PASSWORD '{password}'
+    NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
+    CONNECTION LIMIT 20;
+ALTER ROLE {role} SET default_transaction_read_only = on;
+REVOKE ALL ON DATABASE {database} FROM PUBLIC;
+GRANT CONNECT ON DATABASE {database} TO {role};
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT USAGE ON SCHEMA public TO {role};
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role};
+"""
+
+
+# --- A real PostgreSQL: a throwaway cluster, or TEST_DATABASE_URL --------------------------------
+
+
+class Unavailable(Exception):
+    """PostgreSQL cannot be had here: the tests skip (or fail under CI=true) with this reason."""
+
+
+def postgres_program(name: str) -> str | None:
+    """A PostgreSQL server program: on PATH, or where Debian's packages put it."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    return str(versions[-1]) if versions else None
+
+
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[str]:
+    """initdb + pg_ctl in a temporary folder on a free loopback port; yields a superuser URL, stops on exit.
+
+    PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user (or `nobody`).
+    """
+    initdb, pg_ctl = postgres_program("initdb"), postgres_program("pg_ctl")
+    if not (initdb and pg_ctl):
+        raise Unavailable("PostgreSQL's initdb and pg_ctl are not installed")
+    folder = Path(tempfile.mkdtemp(prefix="safe-data-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        user = "postgres"
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            user = "nobody"
+        shutil.chown(folder, user)
+        as_user = ["runuser", "-u", user, "--"]
+    data, port = folder / "data", free_port()
+
+    def run(*command: str) -> None:
+        result = subprocess.run([*as_user, *command], cwd=folder, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            log = (folder / "log").read_text(errors="replace")[-2000:] if (folder / "log").exists() else ""
+            raise Unavailable(f"{Path(command[0]).name} failed: {result.stderr.strip()[-2000:]} {log}")
+
+    try:
+        run(initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
+        run(pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w", "-t", "60", "start")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+            cwd=folder,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def admin_url() -> Iterator[str]:
+    """A superuser URL: TEST_DATABASE_URL, or a cluster started for this test session."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield os.environ["TEST_DATABASE_URL"]
+        return
+    stack = contextlib.ExitStack()
+    try:
+        url = stack.enter_context(throwaway_cluster())
+    except (Unavailable, OSError, subprocess.SubprocessError) as exc:
+        message = f"PostgreSQL is not available ({exc}); to run these tests, {HOW_TO_ENABLE}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    with stack:
+        yield url
+
+
+def url_for(base: str, *, user: str, password: str, database: str) -> str:
+    parts = urllib.parse.urlsplit(base)
+    netloc = f"{urllib.parse.quote(user)}:{urllib.parse.quote(password)}@{parts.hostname or ''}"
+    netloc += f":{parts.port}" if parts.port else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, ""))
+
+
+@dataclass
+class Library:
+    """One test database and the roles that reach it, each as a URL."""
+
+    database: str
+    admin: str  # superuser: builds, checks and is refused by the server
+    owner: str  # owns every table, so it could write anything: the worst role that is not privileged
+    reader: str  # the README's read-only role
+    files: str  # may read server files and run programs, like a superuser
+
+
+@pytest.fixture(scope="session")
+def library(admin_url: str) -> Iterator[Library]:
+    suffix = secrets.token_hex(3)
+    database = f"safe_data_{suffix}"
+    roles = {kind: f"safe_data_{kind}_{suffix}" for kind in ("owner", "reader", "files")}
+    passwords = {kind: secrets.token_hex(8) for kind in roles}
+    urls = {kind: url_for(admin_url, user=roles[kind], password=passwords[kind], database=database) for kind in roles}
+    base = urllib.parse.urlsplit(admin_url)
+    admin = url_for(admin_url, user=base.username or "postgres", password=base.password or "", database=database)
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            for kind in ("owner", "files"):
+                conn.execute(f"CREATE ROLE {roles[kind]} LOGIN PASSWORD '{passwords[kind]}'")
+            conn.execute(
+                f"GRANT pg_read_server_files, pg_write_server_files, pg_execute_server_program TO {roles['files']}"
+            )
+            conn.execute(f"CREATE DATABASE {database} OWNER {roles['owner']}")
+        with psycopg.connect(urls["owner"], autocommit=True) as conn:
+            conn.execute(SCHEMA)
+            conn.execute("SELECT pg_stat_force_next_flush()")  # the write counters settle before any test
+        with psycopg.connect(admin, autocommit=True) as conn:
+            recipe = READ_ONLY_ROLE_RECIPE.format(role=roles["reader"], password=passwords["reader"], database=database)
+            conn.execute(recipe)
+            conn.execute(f"GRANT CONNECT ON DATABASE {database} TO {roles['owner']}, {roles['files']}")
+        yield Library(database=database, admin=admin, **urls)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            for role in roles.values():
+                conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+@pytest.fixture
+def files_root(tmp_path: Path) -> Path:
+    return build_files(tmp_path / "files")
+
+
+@pytest.fixture
+def make_server(library: Library, files_root: Path):
+    def make(url: str | None = None, **overrides):
+        return create_server(Settings(database_url=url or library.owner, files_root=files_root, **overrides))
+
+    return make
+
+
+def admin_query(library: Library, sql: str, params: tuple = ()) -> list[tuple]:
+    with psycopg.connect(library.admin, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def snapshot(library: Library) -> dict[str, object]:
+    """Everything a statement could change: every table's rows, sequences, large objects, the catalog's
+    size, and the insert/update/delete counters (which count even rolled-back writes)."""
+    with psycopg.connect(library.admin, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
+            " WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
+        ).fetchall()
+        state: dict[str, object] = {
+            table: conn.execute(
+                f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"
+            ).fetchone()
+            for (table,) in tables
+        }
+        state["sequences"] = conn.execute("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1").fetchall()
+        state["large objects"] = conn.execute(
+            "SELECT count(DISTINCT loid), md5(coalesce(string_agg(encode(data, 'hex'), '' ORDER BY loid, pageno), ''))"
+            " FROM pg_largeobject"
+        ).fetchone()
+        state["catalog"] = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_class), (SELECT count(*) FROM pg_proc),"
+            " (SELECT count(*) FROM pg_namespace), (SELECT count(*) FROM pg_roles), (SELECT count(*) FROM pg_database),"
+            " (SELECT count(*) FROM pg_largeobject_metadata), (SELECT count(*) FROM pg_prepared_xacts)"
+        ).fetchone()
+        state["writes"] = conn.execute(
+            "SELECT sum(n_tup_ins), sum(n_tup_upd), sum(n_tup_del) FROM pg_stat_user_tables"
+        ).fetchone()
+    return state
+
+
+@pytest.fixture
+def unchanged(library: Library) -> Iterator[None]:
+    """The database is exactly as it was when the test ends."""
+    before = snapshot(library)
+    yield
+    assert snapshot(library) == before
+
+
+async def alive(client: Client) -> None:
+    assert (await call(client, "query_database", query="SELECT count(*) FROM books"))["rows"] == [[3]]
+
+
+# --- The same tools on PostgreSQL -----------------------------------------------------------------------
+
+
+async def test_tool_list_is_the_same(make_server):
+    async with Client(make_server()) as client:
+        tools = {tool.name: list(tool.input_schema.get("properties", {})) for tool in await client.list_tools()}
+    assert tools == EXPECTED_TOOLS
+
+
+async def test_query_returns_columns_and_rows(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query="SELECT id, title, price FROM books ORDER BY id")
+    assert result["columns"] == ["id", "title", "price"]
+    assert result["rows"] == [[1, "The Dispossessed", "9.50"], [2, "Earthsea", "7.25"], [3, "Solaris", "8.00"]]
+    assert (result["row_count"], result["truncated"], result["next_cursor"]) == (3, False, None)
+
+
+async def test_empty_result_still_names_its_columns(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query="SELECT id, title FROM books WHERE false")
+    assert result["columns"] == ["id", "title"] and result["rows"] == []
+
+
+async def test_positional_params_are_dollar_numbered(make_server):
+    async with Client(make_server()) as client:
+        result = await call(
+            client, "query_database", query="SELECT title FROM books WHERE price > $1 AND title LIKE 'The%'", params=[8]
+        )
+    assert result["rows"] == [["The Dispossessed"]]
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "expected"),
+    [
+        ("SELECT $1", {"a": 1}, "pass params as a list"),
+        ("SELECT $1", [], "parameters do not match"),
+        ("SELECT $2", [1], "parameters do not match"),
+        ("SELECT $1", [{"nested": "object"}], "parameters do not match"),
+        ("SELECT $1", ["\ud800"], "Unicode"),
+        ("SELEC 1", None, "syntax error"),
+        ("SELECT * FROM missing_table", None, "does not exist"),
+        ("SELECT 1 / 0", None, "division by zero"),
+        ("-- nothing but a comment", None, "no columns"),
+        ("SET work_mem = '1GB'", None, "no columns"),
+        ("COPY books TO STDOUT", None, "COPY is not available"),
+    ],
+)
+async def test_malformed_queries_get_clear_errors(make_server, sql, params, expected):
+    async with Client(make_server()) as client:
+        message = await error_of(client, "query_database", query=sql, params=params)
+        await alive(client)
+    assert expected.lower() in message.lower(), message
+
+
+async def test_values_always_serialize(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query="SELECT * FROM oddities ORDER BY id")
+    first, second = (dict(zip(result["columns"], row, strict=True)) for row in result["rows"])
+    assert first["blob"] == {"$blob": "AAH/", "bytes": 3}
+    assert first["amount"] == "12345678901234567890.123456789"  # numeric: exact, as PostgreSQL's text
+    assert second["amount"] == "0.0000000001"
+    assert (first["happened"], first["day"], first["span"]) == (
+        "2026-03-01 12:30:00+00",
+        "2026-03-01",
+        "1 day 02:00:00",
+    )
+    assert (second["happened"], second["day"]) == ("infinity", "-infinity")
+    assert first["doc"] == '{"a": [1, 2]}' and first["tags"] == ["x", "y"] and second["tags"] == []
+    assert (first["uid"], first["addr"]) == ("00000000-0000-0000-0000-000000000001", "10.0.0.1")
+    assert (first["ratio"], second["ratio"]) == ("NaN", "-Infinity")
+    assert first["long"].endswith("…[10500 chars]")
+
+
+async def test_pages_return_every_row_exactly_once(make_server):
+    seen: list[int] = []
+    async with Client(make_server()) as client:
+        result = await call(client, "query_database", query="SELECT n FROM numbers ORDER BY n DESC", max_rows=700)
+        seen += [row[0] for row in result["rows"]]
+        while result["next_cursor"]:
+            result = await call(client, "query_database", cursor=result["next_cursor"])
+            seen += [row[0] for row in result["rows"]]
+    assert seen == list(range(2500, 0, -1))
+
+
+async def test_cursor_refuses_changed_data(make_server, library):
+    async with Client(make_server()) as client:
+        cursor = (await call(client, "query_database", query="SELECT n FROM numbers ORDER BY n", max_rows=5))[
+            "next_cursor"
+        ]
+        with psycopg.connect(library.owner, autocommit=True) as writer:  # a change, then put back
+            writer.execute("DELETE FROM numbers WHERE n = 2500")
+            writer.execute("INSERT INTO numbers VALUES (2500)")
+            writer.execute("SELECT pg_stat_force_next_flush()")  # statistics otherwise lag up to a second
+        message = await error_of(client, "query_database", cursor=cursor)
+    assert "changed" in message
+
+
+async def test_list_tables_names_schemas_and_counts_rows(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "list_tables")
+    assert {t["name"]: (t["type"], t["row_count"]) for t in result["tables"]} == {
+        "archive.books": ("table", 1),
+        "public.authors": ("table", 2),
+        "public.book_titles": ("view", 3),
+        "public.books": ("table", 3),
+        "public.numbers": ("table", 2500),
+        "public.oddities": ("table", 2),
+    }
+
+
+async def test_describe_table_gives_columns_keys_indexes(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "describe_table", table="public.books")
+    assert [(c["name"], c["type"], c["nullable"], c["primary_key"]) for c in result["columns"]] == [
+        ("id", "integer", False, 1),
+        ("author_id", "integer", False, 0),
+        ("title", "text", False, 0),
+        ("price", "numeric(6,2)", True, 0),
+    ]
+    assert result["columns"][2]["default"] == "'untitled'::text"
+    assert result["foreign_keys"] == [
+        {"columns": ["author_id"], "references_table": "public.authors", "references_columns": ["id"]}
+    ]
+    assert {i["name"]: (i["columns"], i["unique"]) for i in result["indexes"]} == {
+        "books_by_author": (["author_id"], False),
+        "books_pkey": (["id"], True),
+    }
+    assert result["row_count"] == 3
+    assert result["create_sql"].startswith(
+        'CREATE TABLE "public"."books" (\n    "id" integer NOT NULL DEFAULT nextval('
+    )
+    assert 'CONSTRAINT "books_pkey" PRIMARY KEY (id)' in result["create_sql"]
+
+
+@pytest.mark.parametrize(("name", "expected"), [("books", "public.books"), ("archive.books", "archive.books")])
+async def test_describe_accepts_bare_and_qualified_names(make_server, name, expected):
+    async with Client(make_server()) as client:
+        result = await call(client, "describe_table", table=name)
+    assert result["name"] == expected
+
+
+async def test_describe_view(make_server):
+    async with Client(make_server()) as client:
+        result = await call(client, "describe_table", table="book_titles")
+    assert result["type"] == "view" and [c["name"] for c in result["columns"]] == ["title", "name"]
+    assert result["create_sql"].startswith('CREATE VIEW "public"."book_titles" AS\n SELECT')
+
+
+@pytest.mark.parametrize("name", ["nope", "books; DROP TABLE books", "public.books' OR '1'='1", "pg_catalog.pg_class"])
+async def test_describe_unknown_table_names_the_tables(make_server, name, unchanged):
+    async with Client(make_server()) as client:
+        message = await error_of(client, "describe_table", table=name)
+    assert "no table or view named" in message and "archive.books, public.authors" in message
+
+
+async def test_schema_resources_accept_schema_dot_table(make_server):
+    async with Client(make_server()) as client:
+        tables = (await client.read_resource("schema://tables"))[0].text
+        books = (await client.read_resource("schema://tables/public.books"))[0].text
+        tool = await call(client, "describe_table", table="public.books")
+    assert "public.numbers" in tables
+    assert json.loads(books) == tool
+
+
+async def test_table_name_completion(make_server):
+    ref = {"type": "ref/resource", "uri": "schema://tables/{table}"}
+    async with Client(make_server()) as client:
+        bare = await client.complete(ref=ref, argument={"name": "table", "value": "boo"})
+        qualified = await client.complete(ref=ref, argument={"name": "table", "value": "public.b"})
+    assert bare.values == ["archive.books", "public.book_titles", "public.books"]
+    assert qualified.values == ["public.book_titles", "public.books"]
+
+
+async def test_settings_resource_shows_the_url_only_as_set(make_server, library):
+    password = urllib.parse.urlsplit(library.owner).password
+    async with Client(make_server(pool_size=3)) as client:
+        text = (await client.read_resource("config://app/settings"))[0].text
+    view = json.loads(text)
+    assert view["database_url"] == "set" and view["pool_size"] == 3 and view["db_path"] is None
+    assert password not in text
+
+
+async def test_ask_database_tells_the_model_it_is_postgresql(make_server):
+    handler, asked = answering("SELECT name FROM authors ORDER BY born")
+    async with Client(make_server(), mode="legacy", sampling_handler=handler) as client:
+        result = await call(client, "ask_database", question="who was born first?")
+    assert result["result"]["rows"] == [["Stanisław"], ["Ursula"]]
+    prompt = asked[0][1].system_prompt
+    assert "PostgreSQL SELECT" in prompt and 'CREATE TABLE "public"."books"' in prompt
+
+
+async def test_the_readme_read_only_role_reads(make_server, library, unchanged):
+    async with Client(make_server(library.reader)) as client:
+        await alive(client)
+        message = await error_of(client, "query_database", query="DELETE FROM books")
+    assert "only read-only statements are allowed" in message
+
+
+async def test_pool_queues_calls_beyond_its_size(make_server, library):
+    async with Client(make_server(pool_size=2)) as client:
+        calls = [call(client, "query_database", query="SELECT pg_sleep(0.3), $1::int", params=[i]) for i in range(6)]
+        started = time.monotonic()
+        results = await asyncio.gather(*calls)
+        elapsed = time.monotonic() - started
+        connections = admin_query(
+            library,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safe-data' AND datname = %s",
+            (library.database,),
+        )
+    assert sorted(r["rows"][0][1] for r in results) == list(range(6))
+    assert elapsed >= 0.85  # three rounds of two
+    assert connections[0][0] <= 2
+
+
+# --- Read-only, enforced by PostgreSQL: hostile input, family by family ---------------------------------
+# Each case runs as the role that owns every table (it could write anything), then the database must be
+# exactly as before (`unchanged`) and the server still answering.
+
+HOSTILE = {
+    # COMMIT/ROLLBACK tricks: the official Postgres MCP server ran these through the simple protocol
+    # and the DROP committed. The extended protocol takes exactly one statement.
+    "COMMIT; BEGIN READ WRITE; DROP TABLE books; COMMIT": "one SQL statement",
+    "ROLLBACK; START TRANSACTION READ WRITE; DELETE FROM books; COMMIT": "one SQL statement",
+    "SELECT 1; COMMIT; BEGIN; SET TRANSACTION READ WRITE; UPDATE books SET price = 0; COMMIT": "one SQL statement",
+    "END; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; TRUNCATE books": "one SQL statement",
+    # writes, alone or inside a data-modifying CTE: the READ ONLY transaction
+    "DELETE FROM books": "cannot execute DELETE in a read-only transaction",
+    "WITH gone AS (DELETE FROM books RETURNING *) SELECT count(*) FROM gone": "read-only transaction",
+    "WITH cheap AS (UPDATE books SET price = 0 RETURNING id) SELECT * FROM cheap": "read-only transaction",
+    "WITH added AS (INSERT INTO authors VALUES (9, 'x', 1) RETURNING id) SELECT * FROM added": "read-only transaction",
+    "MERGE INTO authors USING books ON false WHEN NOT MATCHED THEN INSERT VALUES (9, 'x', 1)": "cannot execute MERGE",
+    "EXPLAIN ANALYZE DELETE FROM books": "cannot execute DELETE",
+    "TRUNCATE books": "cannot execute TRUNCATE",
+    "DROP TABLE books": "cannot execute DROP TABLE",
+    "ALTER TABLE books ADD COLUMN x int": "cannot execute ALTER TABLE",
+    "COMMENT ON TABLE books IS 'x'": "cannot execute COMMENT",
+    "GRANT ALL ON books TO PUBLIC": "cannot execute GRANT",
+    "VACUUM books": "cannot run inside a transaction block",
+    "COPY books FROM PROGRAM 'echo 9,1,x,1'": "external program",
+    # files and programs: PostgreSQL's own privileges (a role that has them is refused, below)
+    "COPY (SELECT 1) TO PROGRAM 'touch MARKER'": "pg_execute_server_program",
+    "COPY books TO 'MARKER'": "pg_write_server_files",
+    "SELECT pg_read_file('/etc/passwd')": "permission denied",
+    "SELECT pg_read_binary_file('/etc/hostname')": "permission denied",
+    "SELECT * FROM pg_ls_dir('.')": "permission denied",
+    # large objects: server-side import and export need privileges; the rest works in a read-only
+    # transaction, so only the rollback undoes it
+    "SELECT lo_import('/etc/hostname')": "permission denied",
+    "SELECT lo_export(4242, 'MARKER')": "permission denied",
+    "SELECT lo_from_bytea(0, 'new object')": None,
+    "SELECT lo_create(0)": None,
+    "SELECT lo_put(4242, 0, 'overwritten')": None,
+    "SELECT lo_unlink(4242)": None,
+    "SELECT lo_truncate(lo_open(4242, 131072), 0)": None,
+    # sequences
+    "SELECT nextval('tickets')": "cannot execute nextval()",
+    "SELECT nextval('books_id_seq')": "cannot execute nextval()",
+    "SELECT setval('books_id_seq', 1000)": "cannot execute setval()",
+    # temporary tables
+    "CREATE TEMP TABLE scratch (x int)": "cannot execute CREATE TABLE",
+    "CREATE TEMP TABLE scratch AS SELECT * FROM books": "cannot execute CREATE TABLE AS",
+    "SELECT * INTO TEMP scratch FROM books": "cannot execute SELECT INTO",
+    "DO $$BEGIN CREATE TEMP TABLE scratch (x int); END$$": "cannot execute CREATE TABLE",
+}
+
+
+@pytest.fixture
+def marker() -> Iterator[Path]:
+    """A path the database server could write to, which must still not exist after the call."""
+    folder = Path(tempfile.mkdtemp(prefix="safe-data-marker-"))
+    folder.chmod(0o777 | stat.S_ISVTX)
+    yield folder / "pwned"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("sql", "expected"), HOSTILE.items(), ids=[s[:60] for s in HOSTILE])
+async def test_hostile_statement_changes_nothing(make_server, marker, unchanged, sql, expected):
+    async with Client(make_server()) as client:
+        result = await client.call_tool(
+            "query_database", {"query": sql.replace("MARKER", str(marker))}, raise_on_error=False
+        )
+        await alive(client)
+    if expected:
+        assert result.is_error and expected.lower() in result.content[0].text.lower(), result.content[0].text
+    assert not marker.exists()
+
+
+# A first statement that tries to leave the session writable, then a write in a later call on the same
+# (only) pooled connection: each call starts its own READ ONLY transaction, and SET is rolled back with it.
+LEFTOVERS = [
+    "COMMIT",
+    "ROLLBACK",
+    "COMMIT AND CHAIN",
+    "BEGIN READ WRITE",
+    "SET TRANSACTION READ WRITE",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    "SET default_transaction_read_only = off",
+    "SELECT set_config('default_transaction_read_only', 'off', false)",
+    "SELECT set_config('transaction_read_only', 'off', false)",
+]
+
+
+@pytest.mark.parametrize("first", LEFTOVERS)
+async def test_transaction_tricks_do_not_outlive_their_call(make_server, unchanged, first):
+    async with Client(make_server(pool_size=1)) as client:
+        await client.call_tool("query_database", {"query": first}, raise_on_error=False)
+        message = await error_of(client, "query_database", query="DELETE FROM books")
+        await alive(client)
+    assert "only read-only statements are allowed" in message
+
+
+@pytest.mark.parametrize(
+    ("first", "check", "expected"),
+    [
+        ("SELECT set_config('statement_timeout', '0', false)", "SHOW statement_timeout", "1234ms"),
+        ("SET statement_timeout = 0", "SHOW statement_timeout", "1234ms"),
+        ("SET search_path = archive", "SELECT count(*)::text FROM books", "3"),
+        ("SELECT set_config('search_path', 'archive', false)", "SELECT count(*)::text FROM books", "3"),
+        ("PREPARE sneaky AS SELECT 1", "SELECT count(*)::text FROM pg_prepared_statements", "0"),
+        ("DECLARE held CURSOR WITH HOLD FOR SELECT 1", "SELECT count(*)::text FROM pg_cursors WHERE name <> ''", "0"),
+        ("LISTEN library_events", "SELECT count(*)::text FROM pg_listening_channels()", "0"),
+    ],
+)
+async def test_session_settings_do_not_outlive_their_call(make_server, unchanged, first, check, expected):
+    async with Client(make_server(pool_size=1, query_timeout_ms=1234)) as client:
+        await client.call_tool("query_database", {"query": first}, raise_on_error=False)
+        result = await call(client, "query_database", query=check)
+    assert result["rows"] == [[expected]]
+
+
+async def test_connection_settings_are_in_force(make_server):
+    checks = {
+        "SHOW default_transaction_read_only": "on",
+        "SHOW transaction_read_only": "on",
+        "SHOW statement_timeout": "1234ms",
+        "SHOW idle_in_transaction_session_timeout": "1234ms",
+    }
+    async with Client(make_server(query_timeout_ms=1234)) as client:
+        for sql, expected in checks.items():
+            assert (await call(client, "query_database", query=sql))["rows"] == [[expected]], sql
+
+
+async def test_pg_sleep_past_the_deadline_is_stopped_on_the_server(make_server, library):
+    async with Client(make_server(query_timeout_ms=300)) as client:
+        started = time.monotonic()
+        message = await error_of(client, "query_database", query="SELECT pg_sleep(30)")
+        elapsed = time.monotonic() - started
+        await alive(client)
+    assert "300 ms deadline" in message and elapsed < 5
+    assert await sleeping_backends(library) == 0
+
+
+async def test_lock_and_sleep_releases_the_table_at_the_deadline(make_server, library, unchanged):
+    sql = "DO $$BEGIN LOCK TABLE books IN ACCESS EXCLUSIVE MODE; PERFORM pg_sleep(30); END$$"
+    async with Client(make_server(query_timeout_ms=300)) as client:
+        message = await error_of(client, "query_database", query=sql)
+        assert "deadline" in message
+        assert readable_by_others(library)
+
+
+async def sleeping_backends(library: Library) -> int:
+    """Backends of this server still running a pg_sleep, after at most two seconds."""
+    for _ in range(20):
+        (count,) = admin_query(
+            library,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'safe-data' AND state = 'active'"
+            " AND query LIKE '%%pg_sleep%%'",
+        )[0]
+        if count == 0:
+            return 0
+        await asyncio.sleep(0.1)  # the in-process server shares this event loop
+    return count
+
+
+def readable_by_others(library: Library) -> bool:
+    """Another session can read books at once: no lock of ours is left on it."""
+    with psycopg.connect(library.admin, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '1s'")
+        try:
+            conn.execute("SELECT count(*) FROM books").fetchone()
+        except psycopg.errors.LockNotAvailable:
+            return False
+    return True
+
+
+async def test_cancelled_call_cancels_the_statement_on_the_server(make_server, library):
+    async with Client(make_server(query_timeout_ms=30_000)) as client:
+        task = asyncio.create_task(client.call_tool("query_database", {"query": "SELECT pg_sleep(30)"}))
+        for _ in range(50):
+            if admin_query(library, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'")[0][0]:
+                break
+            await asyncio.sleep(0.1)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert await sleeping_backends(library) == 0
+        await alive(client)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["LOCK TABLE books IN ACCESS EXCLUSIVE MODE", "SELECT pg_advisory_lock(42)", "SELECT pg_advisory_lock_shared(42)"],
+)
+async def test_locks_end_with_their_call(make_server, library, unchanged, sql):
+    async with Client(make_server(pool_size=1)) as client:
+        await client.call_tool("query_database", {"query": sql}, raise_on_error=False)
+        await alive(client)
+        assert readable_by_others(library)
+        with psycopg.connect(library.admin, autocommit=True) as conn:  # the pooled connection is still open
+            assert conn.execute("SELECT pg_try_advisory_lock(42)").fetchone() == (True,)
+
+
+@pytest.mark.parametrize("sql", ["NOTIFY library_events, 'x'", "SELECT pg_notify('library_events', 'x')"])
+async def test_notify_reaches_no_listener(make_server, library, sql):
+    with psycopg.connect(library.admin, autocommit=True) as listener:
+        listener.execute("LISTEN library_events")
+        async with Client(make_server()) as client:
+            await client.call_tool("query_database", {"query": sql}, raise_on_error=False)
+            await alive(client)
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        with psycopg.connect(library.admin, autocommit=True) as other:  # the listener does hear a real one
+            other.execute("NOTIFY library_events, 'control'")
+        assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == ["control"]
+
+
+@pytest.mark.parametrize("who", ["admin", "files"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COPY (SELECT 1) TO PROGRAM 'touch MARKER'",
+        "SELECT pg_read_file('/etc/hostname')",
+        "SELECT lo_export(4242, 'MARKER')",
+    ],
+)
+async def test_roles_that_reach_files_are_refused(make_server, library, marker, unchanged, who, sql):
+    async with Client(make_server(getattr(library, who))) as client:
+        message = await error_of(client, "query_database", query=sql.replace("MARKER", str(marker)))
+        other = await error_of(client, "query_database", query="SELECT 1")
+    assert ("is a superuser" if who == "admin" else "can act as pg_execute_server_program") in message
+    assert "connect as a role that can only read" in other
+    assert not marker.exists()
+
+
+async def test_unreachable_server_is_a_clear_error_not_a_crash(files_root):
+    url = f"postgresql://reader:secret@127.0.0.1:{free_port()}/nowhere"
+    async with Client(
+        create_server(Settings(database_url=url, files_root=files_root, query_timeout_ms=2000))
+    ) as client:
+        message = await error_of(client, "query_database", query="SELECT 1")
+        assert (await call(client, "read_json", filepath="nested/item.json"))["value"] == {"id": 7}
+    assert "cannot reach PostgreSQL" in message and "secret" not in message
+
+
+# --- Settings, start-up and the optional driver -----------------------------------------------------------
+
+
+def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-c", code],
+        cwd=HERE,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_sqlite_never_imports_psycopg():
+    result = run_python("import sys, server; assert 'psycopg' not in sys.modules, 'imported'")
+    assert result.returncode == 0, result.stderr
+
+
+def test_missing_driver_says_which_extra_to_install():
+    code = "import sys; sys.modules['psycopg'] = None; import server; server.main([])"
+    result = run_python(code, env={"DATABASE_URL": "postgresql://reader@127.0.0.1:1/db"})
+    assert result.returncode != 0 and "safe-data-mcp[postgres]" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"DATABASE_URL": "mysql://x@y/z"}, "only postgresql:// URLs"),
+        ({"MCP_DATABASE_URL": "sqlite:///x.db"}, "only postgresql:// URLs"),
+        ({"DATABASE_URL": "postgresql://x@y/z", "MCP_DB_PATH": __file__}, "not both"),
+        ({"MCP_POOL_SIZE": "0"}, "greater than or equal to 1"),
+    ],
+)
+def test_bad_postgres_setting_stops_startup_with_one_line(env, expected):
+    result = run_python("import server", env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and expected in lines[0], result.stderr
+    assert "MCP_" in lines[0]
+
+
+async def test_stdio_with_the_database_url_flag(library, files_root):
+    transport = StdioTransport(
+        command=PYTHON,
+        args=["server.py", "--database-url", library.owner, "--files-root", str(files_root)],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=str(HERE),
+    )
+    async with Client(transport) as client:
+        tables = await call(client, "list_tables")
+        assert "public.books" in [t["name"] for t in tables["tables"]]
+        await alive(client)
+
+
+# --- Stateless HTTP: two processes, one database, a client that alternates between them --------------------
+
+
+class RoundRobin(httpx2.AsyncBaseTransport):
+    """A load balancer in miniature: each request goes to the next port in turn."""
+
+    def __init__(self, ports: list[int]):
+        self.inner = httpx2.AsyncHTTPTransport()
+        self.ports = itertools.cycle(ports)
+        self.served: list[int] = []
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        port = next(self.ports)
+        self.served.append(port)
+        request.url = request.url.copy_with(port=port)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_stateless_http_processes_behind_a_load_balancer(library, files_root):
+    ports = [free_port(), free_port()]
+    env = {
+        "DATABASE_URL": library.owner,
+        "MCP_FILES_ROOT": str(files_root),
+        "MCP_CURSOR_SECRET": "shared-by-every-process",
+        "MCP_AUTH_TOKEN": "t0ken",
+        "PYTHONUNBUFFERED": "1",
+    }
+    balancer = RoundRobin(ports)
+
+    def client_factory(**kwargs) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(transport=balancer, **kwargs)
+
+    launch = [PYTHON, "server.py", "--transport", "http", "--stateless", "--port"]
+    with (
+        serving(*launch, str(ports[0]), env=env, port=ports[0]) as url,
+        serving(*launch, str(ports[1]), env=env, port=ports[1]),
+    ):
+        transport = StreamableHttpTransport(url, auth="t0ken", httpx_client_factory=client_factory)
+        async with Client(transport) as client:
+            assert {t.name for t in await client.list_tools()} == set(EXPECTED_TOOLS)
+            seen: list[int] = []
+            result = await call(client, "query_database", query="SELECT n FROM numbers ORDER BY n", max_rows=400)
+            seen += [row[0] for row in result["rows"]]
+            while result["next_cursor"]:
+                result = await call(client, "query_database", cursor=result["next_cursor"])
+                seen += [row[0] for row in result["rows"]]
+            assert seen == list(range(1, 2501))
+            assert (await call(client, "describe_table", table="books"))["row_count"] == 3
+            assert (await call(client, "read_json", filepath="nested/item.json"))["value"] == {"id": 7}
+            assert "only read-only" in await error_of(client, "query_database", query="DELETE FROM books")
+    assert set(balancer.served) == set(ports) and len(balancer.served) >= 10
