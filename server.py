@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -82,6 +83,7 @@ MAX_ROWS_LIMIT = 100_000  # the most any one page may hold, whatever the setting
 MAX_CELL_CHARS = 10_000  # a longer text cell is cut (with a marker) so one value cannot flood a reply
 MAX_RESULT_BYTES = 4 * 1024 * 1024  # a page's cell data stops here: a reply (two copies) stays near 8 MiB
 MAX_SQL_CHARS = 100_000  # SQLITE_LIMIT_SQL_LENGTH: legitimate questions are far shorter
+MAX_SQLITE_HEAP_BYTES = 512 * 1024 * 1024  # SQLite's own memory, process-wide: a runaway query fails instead
 MAX_VALUE_BYTES = 16 * 1024 * 1024  # SQLITE_LIMIT_LENGTH: no string or blob built in a query beyond this
 MAX_PARAMS = 999  # SQLITE_LIMIT_VARIABLE_NUMBER, the historical SQLite default
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux; longer paths cannot name a real file anyway
@@ -125,15 +127,17 @@ class Settings(BaseSettings):
     files_root: Path | None = Field(None, description="Folder of JSON files (demo when unset)")
     max_rows: int = Field(1000, ge=1, le=MAX_ROWS_LIMIT, description="Rows per page by default")
     query_timeout_ms: int = Field(5000, ge=10, le=600_000, description="Deadline of every call")
-    max_file_bytes: int = Field(10 * 1024 * 1024, ge=1, le=1024**3, description="Largest JSON file")
+    max_file_bytes: int = Field(10 * 1024 * 1024, ge=1, le=256 * 1024**2, description="Largest JSON file")
     mask_error_details: bool = Field(True, description="Hide internal error details from clients")
     rate_limit: str | None = Field(None, description="Requests per period, like 100/hour")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Log level, to stderr"
+    )
     auth_token: SecretStr | None = Field(None, description="Bearer token required over HTTP")
     cursor_secret: SecretStr | None = Field(None, description="Key that signs page cursors")
     database_url: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("database_url", "MCP_DATABASE_URL", "DATABASE_URL"),
+        validation_alias=AliasChoices("database_url", "MCP_DATABASE_URL", "DATABASE_URL"),  # MCP_ name first
         description="postgresql:// URL to serve PostgreSQL instead of SQLite (also read from DATABASE_URL)",
     )
     pool_size: int = Field(5, ge=1, le=100, description="PostgreSQL connections per server process")
@@ -350,10 +354,12 @@ class SQLiteDatabase:
     def _connect(self, deadline: Deadline) -> tuple[sqlite3.Connection, list[str]]:
         if not self.path.is_file():
             raise QueryRefused(f"the database file {self.path.name} is missing; restore it")
-        uri = f"file:{self.path.as_posix()}?mode=ro"
+        uri = f"file:{urllib.parse.quote(self.path.as_posix())}?mode=ro"  # a '?' or '#' in a name stays a name
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         conn.text_factory = lambda raw: raw.decode("utf-8", "replace")  # bad UTF-8 is not a crash
         conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA temp_store = MEMORY")  # sorts and temp indexes never spill to disk ...
+        conn.execute(f"PRAGMA hard_heap_limit = {MAX_SQLITE_HEAP_BYTES}")  # ... and memory has a ceiling
         for limit, value in (
             (sqlite3.SQLITE_LIMIT_ATTACHED, 0),
             (sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES),
@@ -370,7 +376,10 @@ class SQLiteDatabase:
         self, sql: str, params: list | dict | None, max_rows: int, skip: int, deadline: Deadline
     ) -> tuple[list[str], list[list[Any]], bool]:
         """Run one read-only statement; return columns, up to `max_rows` rows after `skip`, more?"""
-        conn, refusals = self._connect(deadline)
+        try:
+            conn, refusals = self._connect(deadline)
+        except sqlite3.Error as exc:  # unreadable, not a database, or locked
+            raise _explain(exc, [], deadline) from None
         try:
             try:
                 cursor = conn.execute(sql, params if params is not None else ())
@@ -378,7 +387,7 @@ class SQLiteDatabase:
                 if skip:
                     _discard(cursor, skip)
                 rows, more = _fetch_page(cursor, max_rows)
-            except (sqlite3.Error, OverflowError, UnicodeEncodeError, ValueError) as exc:
+            except (sqlite3.Error, OverflowError, UnicodeEncodeError, ValueError, MemoryError) as exc:
                 raise _explain(exc, refusals, deadline) from None
             if not columns:
                 raise QueryRefused("the statement returned no columns: only queries are allowed")
@@ -447,7 +456,7 @@ class SQLiteDatabase:
         try:
             objects = {obj[0]: obj for obj in self._objects(conn)}
             if name not in objects:
-                known = ", ".join(objects) or "none"
+                known = ", ".join(list(objects)[:100]) or "none"
                 raise QueryRefused(f"no table or view named {name!r}; the tables are: {known}")
             _, kind, create_sql = objects[name]
             columns = [
@@ -536,6 +545,11 @@ def _explain(exc: Exception, refusals: list[str], deadline: Deadline) -> QueryRe
             f"the query ran past its {deadline.seconds * 1000:.0f} ms deadline and was stopped;"
             " narrow it with WHERE or LIMIT"
         )
+    if isinstance(exc, MemoryError) or "too big" in text:  # SQLite's heap ceiling, or a value past its limit
+        return QueryRefused(
+            f"the query needs more memory than this server allows ({MAX_SQLITE_HEAP_BYTES // 2**20} MiB for"
+            f" SQLite, {MAX_VALUE_BYTES // 2**20} MiB per value); narrow it or select fewer, smaller columns"
+        )
     if "one statement at a time" in text:
         return QueryRefused("send exactly one SQL statement per call")
     if "locked" in text or "busy" in text:
@@ -552,8 +566,9 @@ def _explain(exc: Exception, refusals: list[str], deadline: Deadline) -> QueryRe
 
 
 def _discard(cursor: sqlite3.Cursor, count: int) -> None:
+    """Step past the rows earlier pages returned, a few at a time: each row is dropped at once."""
     while count > 0:
-        chunk = cursor.fetchmany(min(count, 1000))
+        chunk = cursor.fetchmany(min(count, 64))
         if not chunk:
             return
         count -= len(chunk)
@@ -563,23 +578,32 @@ def _fetch_page(cursor: sqlite3.Cursor, max_rows: int) -> tuple[list[list[Any]],
     """Up to `max_rows` JSON-ready rows, streamed in chunks, and whether more remain."""
     rows: list[list[Any]] = []
     budget = MAX_RESULT_BYTES
+    batch = 8  # grows while rows are small, back to one after a large one, so few big rows are ever held
     while len(rows) < max_rows:
-        chunk = cursor.fetchmany(min(500, max_rows - len(rows)))
+        chunk = cursor.fetchmany(min(batch, max_rows - len(rows)))
         if not chunk:
             return rows, False
         size = _plain_size(chunk)
         if size is not None and size <= budget:  # the usual chunk: JSON-ready as fetched, one scan
             budget -= size
             rows.extend(map(list, chunk))
+            batch = min(batch * 2, 512)
             continue
-        for raw in chunk:
+        batch = 1
+        for index, raw in enumerate(chunk):
             row = [_cell(value) for value in raw]
-            # a blob costs its base64 text, which can be far more than the 16 a number costs
-            budget -= sum(len(v) if isinstance(v, str) else len(v["$blob"]) if isinstance(v, dict) else 16 for v in row)
+            budget -= sum(map(_cost, row))
             rows.append(row)
-            if budget < 0:
-                return rows, True  # a page is bounded in bytes as well as rows
+            if budget < 0:  # a page is bounded in bytes as well as rows
+                return rows, index + 1 < len(chunk) or cursor.fetchone() is not None
     return rows, cursor.fetchone() is not None
+
+
+def _cost(cell: Any) -> int:
+    """What a JSON-ready cell adds to a page: its text, a blob's base64, or 16 for anything else."""
+    if isinstance(cell, str):
+        return len(cell)
+    return len(cell["$blob"]) if isinstance(cell, dict) else 16
 
 
 def _plain_size(chunk: list[Any]) -> int | None:
@@ -700,8 +724,8 @@ class PostgresDatabase:
         self.pg, self.pg_pool = psycopg, psycopg_pool
         try:
             given = psycopg.conninfo.conninfo_to_dict(url)
-        except psycopg.Error as exc:
-            raise SystemExit(f"{SERVER_NAME}: bad setting MCP_DATABASE_URL: {exc}") from None
+        except psycopg.Error:  # its message can quote the password: say only what is wrong
+            raise SystemExit(f"{SERVER_NAME}: bad setting MCP_DATABASE_URL: not a valid PostgreSQL URL") from None
         limits = (
             f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms}"
             f" -c idle_in_transaction_session_timeout={timeout_ms}"
@@ -1105,7 +1129,9 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise PathRefused(f"the file is not UTF-8 text (bad byte at offset {exc.start})") from None
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+        value = json.loads(
+            text, parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+        )
     except json.JSONDecodeError as exc:
         raise PathRefused(f"the file is not valid JSON: {exc}") from None
     except RecursionError:
@@ -1120,6 +1146,13 @@ def parse_json(raw: bytes) -> Any:
         except UnicodeEncodeError:
             raise PathRefused("the JSON holds a lone surrogate escape (\\ud800-\\udfff), which is not text") from None
     return value
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large for a JSON number (it would be infinite)")
+    return number
 
 
 def _refuse_constant(name: str) -> Any:
@@ -1180,7 +1213,8 @@ def glob_matcher(pattern: str) -> Any:
     if "\x00" in pattern or pattern.startswith("/") or ".." in pattern.split("/"):
         raise PathRefused(f"the pattern {pattern!r} must stay inside the folder (no '/' start, no '..')")
     try:
-        segments = [None if s == "**" else re.compile(_segment_regex(s), re.DOTALL) for s in pattern.split("/")]
+        names = [s for s in pattern.split("/") if s != "."] or ["*"]  # "./*.json" means "*.json"
+        segments = [None if s == "**" else re.compile(_segment_regex(s), re.DOTALL) for s in names]
     except re.error as exc:
         raise PathRefused(f"the pattern {pattern!r} is not a valid glob: {exc}") from None
 
@@ -1202,14 +1236,15 @@ def _segment_regex(segment: str) -> str:
     """One name's glob as a regex whose stars cannot backtrack into each other."""
     chunks, out, i = [], "", 0
     while i < len(segment):
-        char, end = segment[i], segment.find("]", i + 2)  # "[]]" is a class holding "]"
+        # a "]" right after "[" or "[!" belongs to the class: "[]]" matches "]", "[!]]" anything else
+        char, end = segment[i], segment.find("]", i + (3 if segment[i + 1 : i + 2] == "!" else 2))
         if char == "*":
             chunks.append(out)
             out = ""
         elif char == "?":
             out += "[^/]"
         elif char == "[" and end != -1:
-            body = segment[i + 1 : end].replace("\\", "\\\\")
+            body = segment[i + 1 : end].replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
             out += "[^/" + body[1:] + "]" if body.startswith("!") else "[" + body.replace("^", "\\^", 1) + "]"
             i = end
         else:
@@ -1232,14 +1267,17 @@ def list_entries(root: Path, folder: Path, pattern: str, deadline: Deadline) -> 
         try:
             with os.scandir(directory) as scan:
                 children = sorted(scan, key=lambda e: e.name)
-        except OSError:
-            continue  # unreadable or vanished meanwhile: list what can be listed
+        except OSError as exc:
+            if directory == folder:
+                raise PathRefused(f"cannot read that folder: {exc.strerror}") from None
+            continue  # a subfolder unreadable or vanished meanwhile: list what can be listed
         for child in children:
             if deadline.passed() or len(entries) >= MAX_LIST_ENTRIES:
                 return FileList(entries=entries, truncated=True)
             name = prefix + child.name
             if matcher(name):
-                entries.append(_entry(root, child))
+                with contextlib.suppress(OSError, OverflowError, ValueError):  # vanished, or a wild mtime
+                    entries.append(_entry(root, child))
             if (depth is None or level < depth) and child.is_dir(follow_symlinks=False):
                 pending.append((Path(child.path), name + "/", level + 1))
     return FileList(entries=entries, truncated=False)
@@ -1358,10 +1396,12 @@ def ensure_demo(folder: Path) -> tuple[Path, Path]:
             target = staging / "files" / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+        if folder.exists():  # left half-deleted by hand: the demo is ours to rebuild
+            shutil.rmtree(folder, ignore_errors=True)
         try:
             staging.rename(folder)  # atomic: a second server starting at once sees all or nothing
         except OSError:
-            if not database.is_file():
+            if not (database.is_file() and files.is_dir()):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -1605,6 +1645,8 @@ def create_server(settings: Settings) -> FastMCP:
             max_rows: Rows per page (default from MCP_MAX_ROWS). Longer results come in pages.
             cursor: The next_cursor of a previous page, to continue that result; omit query then.
         """
+        if cursor and (query.strip() or params is not None):
+            raise ToolError("give either a query (with its params) or a cursor, not both")
         if cursor:
             try:
                 state = cursors.decode(cursor)
@@ -1679,6 +1721,13 @@ def create_server(settings: Settings) -> FastMCP:
             path = confine(files_root, filepath)
             document = read_json_file(path, settings.max_file_bytes)
             value = resolve_pointer(document, pointer) if pointer is not None else document
+            if value is not document or path.stat().st_size > MAX_RESULT_BYTES:
+                size = len(json.dumps(value, ensure_ascii=False))
+                if size > MAX_RESULT_BYTES:
+                    raise PathRefused(
+                        f"that part is {size} bytes of JSON, over the {MAX_RESULT_BYTES}-byte answer limit;"
+                        " select a smaller part with a JSON Pointer such as /items/0"
+                    )
             return JsonDocument(path=relative_name(files_root, path), pointer=pointer, value=value)
 
         try:
@@ -1764,9 +1813,6 @@ def configure_logging(level: str) -> None:
     logging.getLogger("fastmcp").setLevel(level)
 
 
-mcp = create_server(load_settings())
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--transport", choices=["stdio", "sse", "http", "streamable-http"], default="stdio")
@@ -1776,13 +1822,15 @@ def main(argv: list[str] | None = None) -> None:
         "--stateless", action="store_true", help="http: no sessions, so any of several processes can answer any request"
     )
     for name, field in Settings.model_fields.items():
+        if name in ("auth_token", "cursor_secret"):
+            continue  # secrets only from the environment: a flag would show in every process listing
         flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, dest=name, default=None, help=f"{field.description or name} (MCP_{name.upper()})")
+        parser.add_argument(flag, dest=name, default=None, help=f"{field.description} (MCP_{name.upper()})")
     args = vars(parser.parse_args(argv))
     transport, host, port, stateless = args.pop("transport"), args.pop("host"), args.pop("port"), args.pop("stateless")
     if stateless and transport not in ("http", "streamable-http"):
         parser.error("--stateless needs --transport http")
-    server = create_server(load_settings(**args)) if any(v is not None for v in args.values()) else mcp
+    server = create_server(load_settings(**args))
     # Start-up leaves ~130,000 long-lived objects (FastMCP, the SDK, pydantic schemas): frozen, no
     # collection walks them again. A 10,000-row result allocates ~100,000 lists on its way out;
     # collecting every 10,000 allocations instead of 700 keeps the collector's share small. Together
@@ -1800,3 +1848,5 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+else:  # imported: by `fastmcp run server.py`, by the tests, or by `from server import mcp`
+    mcp = create_server(load_settings())

@@ -1239,3 +1239,91 @@ async def test_tools_log_to_the_client(make_server):
         await error_of(client, "query_database", query="DROP TABLE numbers")
     assert any(lvl == "info" and "showing rows 1-10" in d for lvl, d in received)
     assert any(lvl == "warning" and "DROP TABLE" in d for lvl, d in received)
+
+
+def test_demo_is_repaired_when_partly_deleted(tmp_path):
+    database, files = server.ensure_demo(tmp_path / "demo")
+    shutil.rmtree(files)
+    assert server.ensure_demo(tmp_path / "demo") == (database, files)
+    assert (files / "company.json").is_file() and database.is_file()
+
+
+@pytest.mark.parametrize("name", ["shop#1.db", "what?.db", "100%.db", "a b.db"])
+async def test_database_names_with_uri_characters_open_read_only(tmp_path, files_root, name):
+    db = build_database(tmp_path / name)
+    before = sorted(os.listdir(tmp_path))
+    async with Client(create_server(Settings(db_path=db, files_root=files_root))) as client:
+        result = await call(client, "query_database", query="SELECT count(*) FROM books")
+        await error_of(client, "query_database", query="DELETE FROM books")
+    assert result["rows"] == [[3]]
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+async def test_sorting_never_spills_to_disk_and_memory_has_a_ceiling(make_server, tmp_path):
+    huge_sort = (
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c LIMIT 200000)"
+        " SELECT i, randomblob(5000) FROM c ORDER BY 2"
+    )
+    async with Client(make_server(query_timeout_ms=20_000)) as client:
+        message = await error_of(client, "query_database", query=huge_sort, max_rows=1)
+    assert "more memory than this server allows" in message
+
+
+async def test_wide_rows_of_huge_values_are_refused_not_fatal(make_server):
+    columns = ", ".join(["x"] * 100)
+    async with Client(make_server()) as client:
+        message = await error_of(
+            client, "query_database", query=f"WITH b(x) AS (SELECT zeroblob(16000000)) SELECT {columns} FROM b"
+        )
+        assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    assert "more memory than this server allows" in message
+
+
+async def test_a_page_cut_by_bytes_at_the_last_row_has_no_empty_next_page(make_server, db_path, monkeypatch):
+    monkeypatch.setattr(server, "MAX_RESULT_BYTES", 50_000)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE wide AS SELECT n, printf('%.9000c', 'x') AS t FROM numbers WHERE n <= 6")
+    async with Client(make_server()) as client:
+        first = await call(client, "query_database", query="SELECT t FROM wide ORDER BY n")
+        assert first["row_count"] == 6 and first["truncated"] is False
+
+
+async def test_query_and_cursor_together_are_refused(make_server):
+    async with Client(make_server()) as client:
+        cursor = (await call(client, "query_database", query="SELECT n FROM numbers", max_rows=5))["next_cursor"]
+        message = await error_of(client, "query_database", query="SELECT 42", cursor=cursor)
+    assert "not both" in message
+
+
+async def test_read_json_answer_is_bounded(make_server, files_root, monkeypatch):
+    monkeypatch.setattr(server, "MAX_RESULT_BYTES", 1000)
+    (files_root / "list.json").write_text(json.dumps({"small": 1, "big": ["x" * 100] * 20}))
+    async with Client(make_server()) as client:
+        message = await error_of(client, "read_json", filepath="list.json")
+        small = await call(client, "read_json", filepath="list.json", pointer="/small")
+    assert "answer limit" in message and "JSON Pointer" in message
+    assert small["value"] == 1
+
+
+async def test_read_json_refuses_a_number_too_large_for_a_float(make_server, files_root):
+    (files_root / "inf.json").write_text('{"x": 1e400}')
+    async with Client(make_server()) as client:
+        message = await error_of(client, "read_json", filepath="inf.json")
+    assert "would be infinite" in message
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [("./*.json", ["bom.json", "config.json"]), ("[!]]*.json", ["bom.json", "config.json"]), ("[[]*", [])],
+)
+async def test_list_files_glob_edge_cases(make_server, pattern, expected):
+    async with Client(make_server()) as client:
+        result = await call(client, "list_files", pattern=pattern)
+    assert sorted(e["path"] for e in result["entries"]) == expected
+
+
+def test_help_needs_no_database_and_writes_nothing(tmp_path):
+    result = run_server_process("--help", env={"XDG_CACHE_HOME": str(tmp_path), "MCP_DB_PATH": "/nonexistent.db"})
+    assert result.returncode == 0 and "--max-rows" in result.stdout
+    assert "--auth-token" not in result.stdout  # secrets come only from the environment
+    assert list(tmp_path.iterdir()) == []
