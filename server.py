@@ -358,8 +358,10 @@ class SQLiteDatabase:
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         conn.text_factory = lambda raw: raw.decode("utf-8", "replace")  # bad UTF-8 is not a crash
         conn.execute("PRAGMA query_only = ON")
-        conn.execute("PRAGMA temp_store = MEMORY")  # sorts and temp indexes never spill to disk ...
-        conn.execute(f"PRAGMA hard_heap_limit = {MAX_SQLITE_HEAP_BYTES}")  # ... and memory has a ceiling
+        # SQLite's memory has a ceiling. A sort larger than its cache spills to an anonymous temporary
+        # file (unlinked as it opens); that is kept, because an in-memory sort cannot be interrupted
+        # and would outlive the deadline, while spilling lets the progress handler stop it in time.
+        conn.execute(f"PRAGMA hard_heap_limit = {MAX_SQLITE_HEAP_BYTES}")
         for limit, value in (
             (sqlite3.SQLITE_LIMIT_ATTACHED, 0),
             (sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES),
