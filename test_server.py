@@ -6,22 +6,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import http.client
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastmcp import Client
 from fastmcp.client.transports import SSETransport, StdioTransport, StreamableHttpTransport
 from fastmcp.exceptions import ToolError
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 import server
 from server import Settings, create_server
@@ -91,13 +99,20 @@ def clean_environment(monkeypatch):
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return build_database(tmp_path / "library.db")
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path, also as the working directory: a relative file a statement created would land here."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture
-def files_root(tmp_path: Path) -> Path:
-    return build_files(tmp_path / "files")
+def db_path(scratch: Path) -> Path:
+    return build_database(scratch / "library.db")
+
+
+@pytest.fixture
+def files_root(scratch: Path) -> Path:
+    return build_files(scratch / "files")
 
 
 @pytest.fixture
@@ -1158,12 +1173,6 @@ def test_stdout_carries_only_protocol(server_env):
     assert "query_database" in stderr  # the logs went to stderr
 
 
-def test_binding_beyond_loopback_without_token_refuses_to_start(server_env):
-    result = run_server_process("--transport", "http", "--host", "0.0.0.0", "--port", str(free_port()), env=server_env)
-    assert result.returncode != 0
-    assert "without MCP_AUTH_TOKEN" in result.stderr
-
-
 # --- Official MCP tools: conformance suite and Inspector CLI ---------------------------------------------
 
 NPX = shutil.which("npx")
@@ -1327,3 +1336,1014 @@ def test_help_needs_no_database_and_writes_nothing(tmp_path):
     assert result.returncode == 0 and "--max-rows" in result.stdout
     assert "--auth-token" not in result.stdout  # secrets come only from the environment
     assert list(tmp_path.iterdir()) == []
+
+
+# =====================================================================================================
+# Hostile input, faults and load: whatever arrives, the database stays byte-identical, no file is
+# created, nothing outside the files root is read or listed, every call answers within its deadline,
+# and the server keeps serving. In-process for the input families and the properties; real server
+# processes on free loopback ports for the network guards, load and disconnecting clients; a second
+# process holding a write lock.
+# =====================================================================================================
+
+SECRET = "SECRET-7f3a9c"  # in every file outside the root: it must never appear in an answer
+DEADLINE_MS = 1000  # the hostile suite's query deadline: short, so runaway work ends quickly
+SLACK_S = 4.0  # on top of the deadline: a loaded 2-core CI machine, never minutes
+MAX_FILE = 150_000  # the hostile suite's file-size cap, so an oversized file is cheap to make
+PAGE_CAP = 2 * (server.MAX_RESULT_BYTES + 64 * 1024) + 64 * 1024  # one page, as text and as structure
+ESCAPED_CAP = 6 * PAGE_CAP  # a control character is 1 char in the page budget, 6 bytes as JSON (\u0001)
+TOKEN = "t0ken-for-tests"
+
+
+# --- The scratch folder: a database, a files root and everything a path might try to reach -------
+
+
+JSON_FILES = {
+    "deep.json": b"[" * 50_000 + b"]" * 50_000,
+    "depth200.json": b"[" * 200 + b"]" * 200,
+    "depth201.json": b"[" * 201 + b"]" * 201,
+    "nan.json": b'{"a": NaN}',
+    "inf.json": b"[Infinity]",
+    "neginf.json": b"[-Infinity]",
+    "overflow.json": b"[1e400]",
+    "hugeint.json": b"1" * 5000,
+    "bigint.json": b"[18446744073709551616]",
+    "dupkeys.json": b'{"a": 1, "a": 2}',
+    "nested-dup.json": b'{"a": {"b": 1, "b": 2}}',
+    "bom.json": b'\xef\xbb\xbf{"ok": true}',
+    "utf16.json": b"\xff\xfe" + '{"a": 1}'.encode("utf-16-le"),
+    "badutf8.json": b'{"a": "\xff"}',
+    "surrogate.json": b'{"a": "\\ud800"}',
+    "pair.json": b'["\\ud83d\\ude00"]',
+    "nul.json": b'["\\u0000"]',
+    "control.json": b'["\x01"]',
+    "empty.json": b"",
+    "trailing.json": b"{} x",
+    "comment.json": b"// note\n{}",
+}
+
+
+def plant(scratch: Path, root: Path) -> bool:
+    """Put hostile things in and around the files root. Returns whether a device node could be made."""
+    (scratch / "secret.json").write_text(json.dumps({"secret": SECRET}))
+    sibling = scratch / f"{root.name}-private"  # shares the root's name as a prefix
+    sibling.mkdir()
+    (sibling / "secret.json").write_text(json.dumps({"secret": SECRET}))
+    (root / "link-out.json").symlink_to(scratch / "secret.json")
+    (root / "chain.json").symlink_to("link-out.json")  # inside, then out
+    (root / "dir-out").symlink_to(sibling, target_is_directory=True)
+    (root / "up").symlink_to("..")
+    (root / "self").symlink_to(".")  # a folder loop for '**'
+    (root / "loop-a").symlink_to(root / "loop-b")
+    (root / "loop-b").symlink_to(root / "loop-a")
+    (root / "zero.json").symlink_to("/dev/zero")
+    os.mkfifo(root / "pipe.json")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(os.path.relpath(root / "sock.json"))  # relative: an AF_UNIX path is short
+    (root / "big.json").write_text(json.dumps(["x" * 1000] * 200))  # over MAX_FILE
+    (root / "json").mkdir()
+    for name, content in JSON_FILES.items():
+        (root / "json" / name).write_bytes(content)
+    maze = root / "maze"  # what a runaway glob would have to chew on
+    (maze / Path(*["d"] * 30)).mkdir(parents=True)
+    (maze / ("a" * 150)).write_text("{}")
+    try:
+        os.mknod(root / "null.json", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def hostile(scratch: Path, db_path: Path, files_root: Path) -> dict[str, Any]:
+    has_device = plant(scratch, files_root)
+    return {"scratch": scratch, "db": db_path, "root": files_root, "has_device": has_device}
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Every entry under `folder` (symlinks not followed): kind, size for files, modification time."""
+    entries = {}
+    for directory, folders, files in os.walk(folder):
+        for name in folders + files:
+            info = (Path(directory) / name).lstat()
+            size = info.st_size if stat.S_ISREG(info.st_mode) else 0
+            entries[os.path.relpath(Path(directory) / name, folder)] = (
+                stat.S_IFMT(info.st_mode),
+                size,
+                info.st_mtime_ns,
+            )
+    return entries
+
+
+def placed(value: Any, env: dict[str, Any]) -> Any:
+    """Fill @TMP@, @ROOT@ and @ROOTNAME@ into a case's arguments."""
+    if isinstance(value, str):
+        return (
+            value.replace("@TMP@", str(env["scratch"]))
+            .replace("@ROOTNAME@", env["root"].name)
+            .replace("@ROOT@", str(env["root"]))
+        )
+    if isinstance(value, dict):
+        return {k: placed(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [placed(v, env) for v in value]
+    return value
+
+
+def answer_text(result: Any) -> str:
+    return "\n".join(getattr(block, "text", "") or "" for block in result.content)
+
+
+def answer_bytes(result: Any) -> int:
+    structured = json.dumps(result.structured_content) if result.structured_content is not None else ""
+    return len(answer_text(result).encode("utf-8", "surrogatepass")) + len(structured.encode("utf-8", "surrogatepass"))
+
+
+# --- 1. The hostile-input suite ------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    tool: str  # a tool name, or "resource" with args {"uri": ...}
+    args: dict[str, Any]
+    refused: str | None = None  # a regex the ToolError must contain; None: it must be answered
+    check: Callable[[dict], bool] | None = None  # what a safe answer looks like
+    cap: int = PAGE_CAP  # the most bytes the answer may take
+    needs_device: bool = False
+
+
+CASES: list[Any] = []
+
+
+def case(family: str, tool: str, refused: str | None = None, check: Any = None, **kwargs: Any) -> None:
+    cap = kwargs.pop("cap", PAGE_CAP)
+    needs_device = kwargs.pop("needs_device", False)
+    label = f"{family}-{sum(1 for p in CASES if p.id.startswith(family + '-')):02}"
+    CASES.append(pytest.param(Case(tool, kwargs, refused, check, cap, needs_device), id=label))
+
+
+def sql(family: str, query: str, refused: str | None = None, check: Any = None, **kwargs: Any) -> None:
+    case(family, "query_database", refused, check, query=query, **kwargs)
+
+
+def rows(expected: list) -> Callable[[dict], bool]:
+    return lambda answer: answer["rows"] == expected
+
+
+READ_ONLY = "only read-only statements are allowed"
+ONE = "send exactly one SQL statement"
+TOO_BIG = "too big|more memory than this server allows"  # the cap on one value, or on memory
+ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c)"
+
+# writes: every DML and DDL verb, cases, whitespace, comments, WITH, RETURNING, REPLACE, stacking
+sql("write", "INSERT INTO authors VALUES (9, 'x', 1)", "INSERT on authors")
+sql("write", "insert into authors values (9, 'x', 1)", "INSERT on authors")
+sql("write", "   \n\t  UPDATE books SET price = 0", "UPDATE on books")
+sql("write", "DeLeTe FrOm books", "DELETE on books")
+sql("write", "/* harmless */ DELETE FROM books", "DELETE on books")
+sql("write", "-- SELECT 1\nDELETE FROM books WHERE id = 1", "DELETE on books")
+sql("write", "DELETE FROM books -- SELECT * FROM books", "DELETE on books")
+sql("write", "REPLACE INTO authors VALUES (1, 'x', 1)", "INSERT on authors")
+sql("write", "INSERT OR REPLACE INTO authors VALUES (1, 'x', 1)", "INSERT on authors")
+sql("write", "INSERT INTO authors VALUES (1, 'x', 1) ON CONFLICT(id) DO UPDATE SET name = 'y'", "INSERT on authors")
+sql("write", "DELETE FROM books RETURNING id, title", "DELETE on books")
+sql("write", "UPDATE books SET price = 0 RETURNING *", "UPDATE on books")
+sql("write", "INSERT INTO authors VALUES (9, 'x', 1) RETURNING id", "INSERT on authors")
+sql("write", "WITH doomed AS (SELECT id FROM books) DELETE FROM books WHERE id IN doomed", "DELETE on books")
+sql("write", "WITH x AS (SELECT 1) UPDATE books SET price = 1", "UPDATE on books")
+sql("write", "WITH x(a, b, c) AS (SELECT 9, 'x', 1) INSERT INTO authors SELECT * FROM x", "INSERT on authors")
+sql("write", "CREATE TABLE t (a)", "CREATE TABLE")
+sql("write", "create table if not exists t as select * from books", "CREATE TABLE")
+sql("write", "CREATE UNIQUE INDEX i ON books(title)", "CREATE INDEX")
+sql("write", "CREATE VIEW v AS SELECT 1", "CREATE VIEW")
+sql("write", "CREATE TRIGGER tr AFTER INSERT ON books BEGIN DELETE FROM authors; END", "CREATE TRIGGER")
+sql("write", "CREATE VIRTUAL TABLE v USING fts5(x)", "CREATE VTABLE")
+sql("write", "DROP TABLE books", "DROP TABLE")
+sql("write", "DROP VIEW book_titles", "DROP VIEW")
+sql("write", "DROP INDEX books_by_author", "DROP INDEX")
+sql("write", "ALTER TABLE books RENAME TO gone", "ALTER TABLE")
+sql("write", "ALTER TABLE books ADD COLUMN x", "ALTER TABLE")
+sql("write", "ALTER TABLE books DROP COLUMN price", "ALTER TABLE")
+sql("write", "UPDATE sqlite_master SET sql = 'x'", "may not be modified")
+sql("write", ";DELETE FROM books", "DELETE on books")
+sql("write", "SELECT 1; DELETE FROM books", ONE)
+sql("write", "SELECT 1 -- ;\n; DROP TABLE books", ONE)
+sql("write", "SELECT 1 /* ; */ ; UPDATE books SET price = 0", ONE)
+sql("write", "SELECT 'x'; -- hidden\n INSERT INTO authors VALUES (9, 'x', 1)", ONE)
+sql("write", "SELECT 1;\n/* a comment hides the rest */ DROP TABLE books", ONE)
+
+# escapes from read-only
+sql("escape", "ATTACH DATABASE '@TMP@/new.db' AS evil", "ATTACH")
+sql("escape", "ATTACH 'file:@TMP@/uri.db?mode=rwc' AS evil", "ATTACH")
+sql("escape", "ATTACH 'relative.db' AS evil", "ATTACH")
+sql("escape", "attach ':memory:' as m", "ATTACH")
+sql("escape", "DETACH DATABASE main", "DETACH")
+sql("escape", "VACUUM", "VACUUM")
+sql("escape", "VACUUM main", "VACUUM")
+sql("escape", "VACUUM INTO '@TMP@/copy.db'", "VACUUM INTO")
+sql("escape", "VACUUM INTO 'file:copy.db?mode=rwc'", "VACUUM INTO")
+sql("escape", "REINDEX", "REINDEX")
+sql("escape", "REINDEX books", "REINDEX")
+sql("escape", "ANALYZE", READ_ONLY)
+sql("escape", "ANALYZE books", READ_ONLY)
+sql("escape", "PRAGMA writable_schema = ON", "PRAGMA writable_schema")
+sql("escape", "PRAGMA query_only = 0", "PRAGMA query_only")
+sql("escape", "pragma MAIN.QUERY_ONLY = off", "PRAGMA query_only")
+sql("escape", "PRAGMA journal_mode = WAL", "PRAGMA journal_mode")
+sql("escape", "PRAGMA journal_mode = DELETE", "PRAGMA journal_mode")
+sql("escape", "PRAGMA user_version = 5", "PRAGMA user_version")
+sql("escape", "PRAGMA trusted_schema = ON", "PRAGMA trusted_schema")
+sql("escape", "PRAGMA temp_store_directory = '@TMP@'", "PRAGMA temp_store_directory")
+sql("escape", "PRAGMA mmap_size = 268435456", "PRAGMA mmap_size")
+sql("escape", "PRAGMA wal_checkpoint(TRUNCATE)", "PRAGMA wal_checkpoint")
+sql("escape", "PRAGMA locking_mode = EXCLUSIVE", "PRAGMA locking_mode")
+sql("escape", "PRAGMA optimize", "PRAGMA optimize")
+sql("escape", "SELECT * FROM pragma_journal_mode('wal')", "SQLite said")
+sql("escape", "SELECT load_extension('@TMP@/evil.so')", "load_extension")
+sql("escape", "SELECT load_extension('libc.so.6', 'system')", "load_extension")
+sql("escape", "SELECT fts3_tokenizer('simple')", "fts3_tokenizer")
+sql("escape", "CREATE TEMP TABLE t AS SELECT 1", "CREATE TEMP TABLE")
+sql("escape", "CREATE TEMP VIEW v AS SELECT 1", "CREATE TEMP VIEW")
+sql("escape", "CREATE TEMP TRIGGER tt AFTER INSERT ON books BEGIN SELECT 1; END", "CREATE TEMP TRIGGER")
+sql("escape", "BEGIN IMMEDIATE", "transaction control")
+sql("escape", "BEGIN EXCLUSIVE TRANSACTION", "transaction control")
+sql("escape", "COMMIT", "transaction control")
+sql("escape", "ROLLBACK", "transaction control")
+sql("escape", "SAVEPOINT s", "transaction control")
+sql("escape", "RELEASE s", "transaction control")
+
+# exhaustion: each ends by its deadline or a cap, and the answer stays bounded in bytes
+sql("exhaust", f"{ENDLESS} SELECT count(*) FROM c", "deadline")
+sql("exhaust", f"{ENDLESS} SELECT x FROM c", check=lambda a: a["row_count"] == 1000 and a["truncated"])
+sql("exhaust", "SELECT count(*) FROM numbers a, numbers b, numbers c", "deadline")
+sql("exhaust", "SELECT a.n FROM numbers a, numbers b ORDER BY random()", "deadline")
+sql("exhaust", "SELECT randomblob(2000000000)", TOO_BIG)
+sql("exhaust", "SELECT zeroblob(1000000000)", TOO_BIG)
+sql("exhaust", "SELECT printf('%.*c', 100000000, 'x')", check=rows([[None]]))  # past the length cap: NULL
+sql("exhaust", "WITH RECURSIVE r(s, n) AS (SELECT 'x', 0 UNION ALL SELECT replace(s, 'x', 'xx'), n + 1 FROM r "
+    "WHERE n < 40) SELECT length(s) FROM r", TOO_BIG)  # fmt: skip
+sql("exhaust", "SELECT " + "replace(" * 6 + "'xxxxxxxx'" + ", 'x', 'xxxxxxxxxxxxxxxx')" * 6, TOO_BIG)
+sql("exhaust", "SELECT group_concat(printf('%.1000c', 'x')) FROM numbers a, numbers b", TOO_BIG)
+sql(
+    "exhaust",
+    "SELECT zeroblob(7000) FROM numbers a, numbers b LIMIT 5000",
+    check=lambda a: a["truncated"],
+    max_rows=5000,
+)
+sql("exhaust", "SELECT printf('%.10000c', 'x') FROM numbers", check=lambda a: a["truncated"], max_rows=2500)
+sql("exhaust", "SELECT printf('%.10000c', char(1)) FROM numbers", check=lambda a: a["truncated"], max_rows=2500,
+    cap=ESCAPED_CAP)  # fmt: skip
+sql("exhaust", "SELECT upper(zeroblob(15000000))", check=lambda a: a["rows"][0][0].endswith("[15000000 chars]"))
+sql("exhaust", "SELECT " + "(" * 5000 + "1" + ")" * 5000, "SQLite said")
+sql("exhaust", "SELECT " + "- " * 40_000 + "1", "SQLite said")
+sql("exhaust", "SELECT * FROM (" * 300 + "SELECT 1" + ")" * 300, "SQLite said")
+sql("exhaust", "SELECT 1" + " UNION ALL SELECT 1" * 1000, "too many terms in compound SELECT")
+sql("exhaust", "SELECT json(printf('%.100000c', '[') || printf('%.100000c', ']'))", "malformed JSON")
+sql("exhaust", "SELECT 1" + " " * (server.MAX_SQL_CHARS - 8), check=rows([[1]]))
+sql("exhaust", "SELECT 1" + " " * (server.MAX_SQL_CHARS - 7), f"at most {server.MAX_SQL_CHARS} characters")
+sql("exhaust", "SELECT " + ",".join(["?"] * (server.MAX_PARAMS + 1)), "too many SQL variables",
+    params=list(range(server.MAX_PARAMS + 1)))  # fmt: skip
+sql("exhaust", "SELECT " + ",".join(["?"] * server.MAX_PARAMS), check=lambda a: len(a["rows"][0]) == server.MAX_PARAMS,
+    params=list(range(server.MAX_PARAMS)))  # fmt: skip
+sql("exhaust", "SELECT ?", "parameters do not match", params=list(range(100_000)))
+sql("exhaust", "SELECT printf('%.30000c', 'a') LIKE '" + "%a" * 20 + "%b'", check=rows([[0]]))
+sql("exhaust", "SELECT printf('%.30000c', 'a') GLOB '" + "*a" * 20 + "*b'", check=rows([[0]]))
+
+# malformed input
+sql("malformed", "SELEC 1", "syntax error")
+sql("malformed", "SELECT 'unterminated", "unrecognized token")
+sql("malformed", "SELECT * FROM", "incomplete input")
+sql("malformed", "", "give a SQL query")
+sql("malformed", "  \n\t ", "give a SQL query")
+sql("malformed", "-- only a comment", "no columns")
+sql("malformed", ";", "no columns")
+sql("malformed", "SELECT ?", "parameters do not match", params=[])
+sql("malformed", "SELECT ?, ?", "parameters do not match", params=[1])
+sql("malformed", "SELECT :a", "parameters do not match", params={"b": 1})
+sql("malformed", "SELECT ?", "parameters do not match", params={"a": 1})
+sql("malformed", "SELECT ?", "parameters do not match", params=[[1, 2]])
+sql("malformed", "SELECT ?", "parameters do not match", params=[{"k": "v"}])
+sql("malformed", "SELECT ?", "64 bits", params=[2**64])
+sql("malformed", "SELECT ?", "64 bits", params=[-(2**63) - 1])
+sql("malformed", "SELECT '\ud800'", "unicode")
+sql("malformed", "SELECT ?", "not valid Unicode", params=["\udcff"])
+sql("malformed", "SELECT 1\x00; DROP TABLE books", "null character")
+sql("malformed", "SELECT ?", check=rows([["a\x00b"]]), params=["a\x00b"])
+sql("malformed", "SELECT ?", check=lambda a: a["rows"] in ([[None]], [["NaN"]]), params=[float("nan")])
+sql("malformed", "SELECT ?", check=lambda a: a["rows"] in ([[None]], [["Infinity"]]), params=[float("inf")])
+sql("malformed", "SELECT CAST(X'66FF6F' AS TEXT)", check=rows([["f\ufffdo"]]))
+sql("malformed", "SELECT CAST(X'EDA080' AS TEXT)", check=lambda a: "\ufffd" in a["rows"][0][0])
+case("malformed", "query_database", "not valid", cursor="not-a-cursor")
+case("malformed", "query_database", "not valid", cursor="x" * 1_000_000)
+case("malformed", "query_database", "not valid", cursor="e30." + "A" * 22)
+
+# paths
+OUTSIDE = "outside the files root"
+for path in ["../secret.json", "nested/../../secret.json", "@TMP@/secret.json", "/etc/passwd", "/etc",
+             "../@ROOTNAME@-private/secret.json", "@ROOT@-private/secret.json", "link-out.json", "chain.json",
+             "dir-out/secret.json", "up/secret.json", "up", "/dev/zero", "zero.json", "//etc/passwd"]:  # fmt: skip
+    case("path", "read_json", OUTSIDE, filepath=path)
+case("path", "read_json", "cannot resolve", filepath="loop-a")
+case("path", "read_json", "cannot resolve", filepath="loop-a/x.json")
+case("path", "read_json", "NUL", filepath="config.json\x00.png")
+case("path", "read_json", "too long", filepath="a" * 300)
+case("path", "read_json", f"at most {server.MAX_PATH_CHARS} characters", filepath="x/" * 2500)
+case("path", "read_json", "no such file", filepath="~/secret.json")
+case("path", "read_json", "no such file", filepath="~")
+case("path", "read_json", "no such file", filepath="..%2Fsecret.json")
+case("path", "read_json", "no such file", filepath="..\\secret.json")
+case("path", "read_json", "no such file", filepath="file:///etc/passwd")
+case("path", "read_json", "only regular files", filepath="pipe.json")
+case("path", "read_json", "only regular files", filepath="null.json", needs_device=True)
+case("path", "read_json", "cannot open", filepath="sock.json")
+case("path", "read_json", "folder", filepath="nested")
+case("path", "read_json", "folder", filepath=".")
+case("path", "read_json", "folder", filepath="self")
+case("path", "read_json", "at least 1 character", filepath="")
+case("path", "read_json", f"over the {MAX_FILE}-byte limit", filepath="big.json")
+for directory in ["..", "../", "/", "@TMP@", "../@ROOTNAME@-private", "dir-out", "up", "nested/../.."]:
+    case("path", "list_files", "outside", directory=directory)
+case("path", "list_files", "cannot resolve", directory="loop-a")
+case("path", "list_files", "NUL", directory="a\x00b")
+for directory in ["config.json", "pipe.json", "~", "missing"]:
+    case("path", "list_files", "not a folder", directory=directory)
+
+# JSON content
+for name, refused in [
+    ("deep", "nested deeper"), ("depth201", "nested deeper"), ("nan", "NaN is not JSON"),
+    ("inf", "Infinity is not JSON"), ("neginf", "Infinity is not JSON"),
+    ("overflow", "non-finite|too large for a JSON number"), ("hugeint", "not acceptable JSON"),
+    ("dupkeys", "duplicate key 'a'"), ("nested-dup", "duplicate key 'b'"),
+    ("utf16", "not UTF-8"), ("badutf8", "not UTF-8"), ("surrogate", "lone surrogate"),
+    ("control", "not valid JSON"), ("empty", "not valid JSON"), ("trailing", "not valid JSON"),
+    ("comment", "not valid JSON"),
+]:  # fmt: skip
+    case("json", "read_json", refused, filepath=f"json/{name}.json")
+case("json", "read_json", check=lambda a: a["value"] == {"ok": True}, filepath="json/bom.json")
+case("json", "read_json", check=lambda a: a["value"] == [2**64], filepath="json/bigint.json")
+case("json", "read_json", check=lambda a: a["value"] == ["\U0001f600"], filepath="json/pair.json")
+case("json", "read_json", check=lambda a: a["value"] == ["\x00"], filepath="json/nul.json")
+case("json", "read_json", check=lambda a: json.dumps(a["value"]).count("[") == 200, filepath="json/depth200.json")
+
+# glob patterns that climb out or run away
+for pattern in ["../*", "../../**", "/etc/*", "/**", "nested/../../*", "**/../*", "a\x00b"]:
+    case("glob", "list_files", "must stay inside the folder", pattern=pattern)
+case("glob", "list_files", "not a valid glob", pattern="[z-a]*")
+case("glob", "list_files", "at most 1000 characters", pattern="*" * 1001)
+case("glob", "list_files", check=lambda a: not a["truncated"] and len(a["entries"]) > 30, pattern="**")
+case("glob", "list_files", check=lambda a: {e["path"] for e in a["entries"]} >= {"config.json"}, pattern="**/*.json")
+case("glob", "list_files", check=lambda a: a["entries"] == [], pattern="self/**")
+case("glob", "list_files", check=lambda a: a["entries"] == [], pattern="dir-out/*")
+case("glob", "list_files", check=lambda a: a == {"entries": [], "truncated": False}, directory="maze",
+     pattern="*a*a*a*a*a*b")  # fmt: skip
+case("glob", "list_files", check=lambda a: a == {"entries": [], "truncated": False}, directory="maze",
+     pattern="**/" * 9 + "d/x")  # fmt: skip
+case("glob", "list_files", check=lambda a: {e["path"] for e in a["entries"]} >= {"config.json", "maze"}
+     and not any("/" in e["path"] for e in a["entries"]) and not a["truncated"], pattern="*" * 55)  # fmt: skip
+
+# protocol: unknown tools, wrong types, missing and extra arguments, oversized arguments
+case("protocol", "drop_database", "Unknown tool")
+case("protocol", "query_database", "valid string", query=123)
+case("protocol", "query_database", "greater than or equal to 1", query="SELECT 1", max_rows=0)
+case("protocol", "query_database", "valid integer", query="SELECT 1", max_rows="ten")
+case("protocol", "query_database", f"less than or equal to {server.MAX_ROWS_LIMIT}", query="SELECT 1", max_rows=10**9)
+case("protocol", "query_database", "valid list", query="SELECT 1", params="SELECT")
+case("protocol", "query_database", "Unexpected keyword argument", query="SELECT 1", sql="DROP TABLE books")
+case("protocol", "query_database", f"at most {server.MAX_SQL_CHARS}", query="SELECT 1 " + "-" * 1_000_000)
+case("protocol", "read_json", "Missing required argument")
+case("protocol", "read_json", "valid string", filepath=None)
+case("protocol", "read_json", "valid string", filepath=["config.json"])
+case("protocol", "list_files", "valid string", directory={"path": "."})
+case("protocol", "describe_table", "at most 1000 characters", table="x" * 2000)
+case("protocol", "ask_database", "at most 2000 characters", question="x" * 3000)
+
+# schema resources and describe_table with names that try to inject SQL
+NO_TABLE = "no table or view named"
+for name in ["books; DROP TABLE books", "books' OR '1'='1", 'books" --', "sqlite_master", "main.books",
+             "pragma_table_info", "books\x00", "*"]:  # fmt: skip
+    case("schema", "describe_table", NO_TABLE, table=name)
+for encoded in ["books%3B%20DROP%20TABLE%20books", "books%27%20OR%20%271%27%3D%271", "sqlite_master"]:
+    case("schema", "resource", NO_TABLE, uri=f"schema://tables/{encoded}")
+case("schema", "resource", "Resource not found", uri="schema://tables/..%2Fconfig")  # a '/' never reaches {table}
+
+# legitimate reads that look odd: they must succeed
+sql("odd", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5) SELECT group_concat(x) FROM c",
+    check=rows([["1,2,3,4,5"]]))  # fmt: skip
+sql("odd", "-- DELETE FROM books\nSELECT count(*) FROM books", check=rows([[3]]))
+sql("odd", "/* DROP TABLE books; */ SELECT count(*) FROM books", check=rows([[3]]))
+sql("odd", "SELECT 'DELETE FROM books; DROP TABLE books' AS s", check=rows([["DELETE FROM books; DROP TABLE books"]]))
+sql("odd", 'SELECT "drop" FROM (SELECT 1 AS "drop")', check=rows([[1]]))
+sql("odd", "EXPLAIN QUERY PLAN SELECT * FROM books WHERE author_id = 1", check=lambda a: "detail" in a["columns"])
+sql("odd", "SELECT name FROM pragma_table_info('books')", check=rows([["id"], ["author_id"], ["title"], ["price"]]))
+sql("odd", "SELECT name FROM pragma_index_list('books')", check=rows([["books_by_author"]]))
+sql("odd", "PRAGMA table_info(books)", check=lambda a: len(a["rows"]) == 4)
+sql("odd", "SELECT sql FROM sqlite_schema WHERE name = 'books'", check=lambda a: "CREATE TABLE" in a["rows"][0][0])
+sql("odd", 'SELECT key, value FROM json_each(\'{"a": 1, "b": 2}\')', check=rows([["a", 1], ["b", 2]]))
+sql("odd", "SELECT count(*) FROM json_tree('[1, [2, [3]]]')", check=rows([[6]]))
+sql("odd", "SELECT 1 /* unterminated comment", check=rows([[1]]))
+sql("odd", "SELECT ?", check=rows([["'; DROP TABLE books; --"]]), params=["'; DROP TABLE books; --"])
+sql("odd", "VALUES (1), (2);", check=rows([[1], [2]]))
+case("odd", "resource", check=lambda a: a["name"] == "books", uri="schema://tables/books")
+
+
+async def attempt(client: Client, tool: str, args: dict[str, Any]) -> tuple[bool, str, Any, int]:
+    """(refused?, the text, the structured answer, bytes) of one tool call or resource read."""
+    if tool == "resource":
+        try:
+            contents = await client.read_resource(args["uri"])
+        except Exception as exc:
+            return True, str(exc), None, len(str(exc))
+        text = contents[0].text
+        return False, text, json.loads(text), len(text.encode())
+    result = await client.call_tool(tool, args, raise_on_error=False)
+    return result.is_error, answer_text(result), result.structured_content, answer_bytes(result)
+
+
+@pytest.mark.parametrize("hostile_case", CASES)
+async def test_hostile_input_is_refused_or_answered_safely(hostile, hostile_case: Case):
+    if hostile_case.needs_device and not hostile["has_device"]:
+        pytest.skip("this machine cannot make a device node")
+    before_db, before_tree = digest(hostile["db"]), snapshot(hostile["scratch"])
+    mcp = create_server(
+        Settings(
+            db_path=hostile["db"], files_root=hostile["root"], query_timeout_ms=DEADLINE_MS, max_file_bytes=MAX_FILE
+        )
+    )
+    async with Client(mcp) as client:
+        started = time.monotonic()
+        refused, text, answer, size = await attempt(client, hostile_case.tool, placed(hostile_case.args, hostile))
+        elapsed = time.monotonic() - started
+        assert (await call(client, "query_database", query="SELECT count(*) FROM books"))["rows"] == [[3]]
+        assert (await call(client, "read_json", filepath="nested/item.json"))["value"] == {"id": 7}
+    if hostile_case.refused is not None:
+        assert refused, f"should have been refused, answered {text[:300]}"
+        assert re.search(hostile_case.refused, text, re.IGNORECASE), text[:500]
+        assert not text.startswith(("Error calling tool", "Error reading resource")), "masked: not a clear refusal"
+    else:
+        assert not refused, text[:500]
+        assert hostile_case.check(answer), text[:500]
+    assert SECRET not in text and "root:x:0:0" not in text
+    for entry in (answer or {}).get("entries", []) if isinstance(answer, dict) else []:
+        assert "secret" not in entry["path"] and ".." not in entry["path"].split("/"), entry
+    assert elapsed < DEADLINE_MS / 1000 + SLACK_S
+    assert size <= hostile_case.cap
+    assert digest(hostile["db"]) == before_db
+    assert snapshot(hostile["scratch"]) == before_tree
+
+
+def test_every_family_has_enough_cases():
+    families: dict[str, int] = {}
+    for param in CASES:
+        families[param.id.rsplit("-", 1)[0]] = families.get(param.id.rsplit("-", 1)[0], 0) + 1
+    assert len(CASES) >= 80
+    assert set(families) == {
+        "write",
+        "escape",
+        "exhaust",
+        "malformed",
+        "path",
+        "json",
+        "glob",
+        "protocol",
+        "schema",
+        "odd",
+    }
+    assert min(families.values()) >= 5, families
+
+
+# --- 2. Properties: generated SQL never writes, generated paths never leave the root ---------------------
+
+SQL_WORDS = [
+    "SELECT", "INSERT", "INTO", "UPDATE", "SET", "DELETE", "FROM", "WHERE", "REPLACE", "DROP", "CREATE", "ALTER",
+    "TABLE", "INDEX", "VIEW", "TRIGGER", "TEMP", "ATTACH", "DETACH", "DATABASE", "AS", "VACUUM", "REINDEX",
+    "ANALYZE", "PRAGMA", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "WITH", "RECURSIVE", "RETURNING", "VALUES",
+    "UNION", "ALL", "books", "authors", "numbers", "sqlite_master", "main", "temp", "writable_schema",
+    "query_only", "journal_mode", "user_version", "load_extension", "=", "ON", "OFF", "1", "0", "(", ")", ",",
+    "*", ";", "--", "/*", "*/", "\n", "'", '"', "'x'", '"y"', "'evil.db'", "'file:evil.db?mode=rwc'",
+    "'@TMP@/evil.db'", "randomblob(9)", "?", ":a",
+]  # fmt: skip
+WRITES = [
+    "DELETE FROM books", "UPDATE books SET price = 0", "INSERT INTO authors VALUES (9, 'x', 1)", "DROP TABLE numbers",
+    "CREATE TABLE t (a)", "REPLACE INTO authors VALUES (1, 'x', 1)", "ALTER TABLE books ADD COLUMN c",
+    "CREATE INDEX i ON books(title)", "ATTACH 'evil.db' AS e", "VACUUM INTO 'copy.db'", "PRAGMA user_version = 7",
+    "PRAGMA journal_mode = WAL", "VACUUM", "REINDEX", "ANALYZE", "BEGIN IMMEDIATE",
+]  # fmt: skip
+disguised_write = st.builds(
+    lambda before, statement, upper, after: before + (statement.upper() if upper else statement.lower()) + after,
+    st.sampled_from(["", "  \n\t", "-- note\n", "/* c */ ", "WITH x AS (SELECT 1) ", ";", "SELECT 1; "]),
+    st.sampled_from(WRITES),
+    st.booleans(),
+    st.sampled_from(["", ";", " -- tail", " RETURNING *", "; SELECT 1", " /*", "\n"]),
+)
+token_soup = st.lists(st.one_of(st.sampled_from(SQL_WORDS), st.text(max_size=8)), min_size=1, max_size=14).map(" ".join)
+sql_text = st.one_of(disguised_write, token_soup)
+PATH_PARTS = [
+    "..", ".", "", "~", "nested", "deeper", "config.json", "item.json", "link-out.json", "chain.json", "dir-out",
+    "up", "self", "loop-a", "secret.json", "@ROOTNAME@-private", "@TMP@", "@ROOT@", "pipe.json", "zero.json",
+    "%2e%2e", "\\..", "*", "**", "?", "[a-z]*",
+]  # fmt: skip
+path_text = st.tuples(
+    st.sampled_from(["", "/", "./", "../"]),
+    st.lists(st.one_of(st.sampled_from(PATH_PARTS), st.text(max_size=6)), min_size=1, max_size=4),
+).map(lambda t: t[0] + "/".join(t[1]))
+PROPERTY_SETTINGS = hypothesis_settings(
+    max_examples=150,
+    deadline=None,
+    database=None,  # nothing written to the working directory
+    derandomize=True,  # the same examples on every run: CI is reproducible
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def test_generated_sql_never_changes_the_database_or_creates_a_file(hostile):
+    mcp = create_server(Settings(db_path=hostile["db"], files_root=hostile["root"], query_timeout_ms=DEADLINE_MS))
+    before_db, before_tree = digest(hostile["db"]), snapshot(hostile["scratch"])
+
+    async def one(query: str) -> float:
+        async with Client(mcp) as client:
+            started = time.monotonic()
+            await client.call_tool("query_database", {"query": query}, raise_on_error=False)
+            elapsed = time.monotonic() - started
+            assert (await call(client, "query_database", query="SELECT count(*) FROM books"))["rows"] == [[3]]
+        return elapsed
+
+    @PROPERTY_SETTINGS
+    @given(sql_text)
+    def check(query: str) -> None:
+        assert asyncio.run(one(placed(query, hostile))) < DEADLINE_MS / 1000 + SLACK_S
+        assert digest(hostile["db"]) == before_db
+        assert snapshot(hostile["scratch"]) == before_tree
+
+    check()
+
+
+def test_generated_paths_never_read_or_list_outside_the_root(hostile):
+    root = hostile["root"].resolve()
+    mcp = create_server(Settings(db_path=hostile["db"], files_root=root, query_timeout_ms=DEADLINE_MS))
+
+    def inside(relative: str) -> bool:
+        assert not relative.startswith("/") and ".." not in relative.split("/"), relative
+        target = root / relative
+        return os.path.lexists(target) and target.parent.resolve().is_relative_to(root)
+
+    async def one(path: str) -> None:
+        async with Client(mcp) as client:
+            for tool, args in [
+                ("read_json", {"filepath": path}),
+                ("list_files", {"directory": path}),
+                ("list_files", {"pattern": path}),
+            ]:
+                result = await asyncio.wait_for(
+                    client.call_tool(tool, args, raise_on_error=False), DEADLINE_MS / 1000 + SLACK_S
+                )
+                text = answer_text(result)
+                assert SECRET not in text
+                if result.is_error:
+                    continue
+                answer = result.structured_content
+                if tool == "read_json":
+                    assert inside(answer["path"]) and (root / answer["path"]).resolve().is_relative_to(root)
+                else:
+                    assert all(inside(entry["path"]) for entry in answer["entries"]), answer
+
+    @PROPERTY_SETTINGS
+    @given(path_text)
+    def check(path: str) -> None:
+        asyncio.run(one(placed(path, hostile)))
+
+    check()
+
+
+# --- 3. Network transports: token, Host and Origin, body size, rate limit ---------------------------------
+
+
+@contextlib.contextmanager
+def running(*args: str, env: dict[str, str], logs: Path, port: int) -> Iterator[subprocess.Popen]:
+    """The server as a real process on a loopback port; its output goes to files (a full pipe would block it)."""
+    logs.mkdir(exist_ok=True)
+    with open(logs / f"{port}.out", "w") as out, open(logs / f"{port}.err", "w") as err:
+        process = subprocess.Popen(
+            [PYTHON, *args, "--port", str(port)], cwd=HERE, env={**os.environ, **env},
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                with socket.socket() as sock:
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start: {(logs / f'{port}.err').read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def network_env(db_path: Path, files_root: Path) -> dict[str, str]:
+    return {"MCP_DB_PATH": str(db_path), "MCP_FILES_ROOT": str(files_root), "MCP_LOG_LEVEL": "WARNING"}
+
+
+INITIALIZE = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+)
+
+
+def http_status(port: int, method: str, path: str, body: str | bytes | None = None, **headers: str) -> int:
+    """One raw request on loopback; only the status matters (SSE streams are not read)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a refused upload may be cut short
+            conn.request(method, path, body=body, headers={
+                "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                **{name.replace("_", "-"): value for name, value in headers.items()},
+            })  # fmt: skip
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LAUNCHERS = {"python-server.py": ["server.py"], "fastmcp-run": ["-m", "fastmcp.cli", "run", "server.py"]}
+TRANSPORTS = {
+    "http": ("/mcp", "POST", INITIALIZE, StreamableHttpTransport),
+    "sse": ("/sse", "GET", None, SSETransport),
+}
+
+
+@pytest.fixture(params=[("http", "python-server.py"), ("sse", "fastmcp-run")], ids=["http", "sse-fastmcp-run"])
+def guarded(request, network_env, tmp_path) -> Iterator[tuple[str, int]]:
+    """A real server with MCP_AUTH_TOKEN set, over HTTP (python server.py) or SSE (fastmcp run)."""
+    transport, launcher = request.param
+    port = free_port()
+    args = [*LAUNCHERS[launcher], "--transport", transport]
+    with running(*args, env={**network_env, "MCP_AUTH_TOKEN": TOKEN}, logs=tmp_path / "logs", port=port):
+        yield transport, port
+
+
+def raw(transport: str, port: int, **headers: str) -> int:
+    path, method, body, _ = TRANSPORTS[transport]
+    return http_status(port, method, path, body, **headers)
+
+
+async def test_token_is_required_and_checked(guarded):
+    transport, port = guarded
+    assert raw(transport, port) == 401
+    assert raw(transport, port, Authorization="Bearer wrong-token") == 401
+    assert raw(transport, port, Authorization=f"Bearer {TOKEN}x") == 401
+    assert raw(transport, port, Authorization=TOKEN) == 401  # not a bearer scheme
+    assert raw(transport, port, **AUTH) == 200
+    if transport == "sse":
+        assert http_status(port, "POST", "/messages/?session_id=0123456789abcdef", INITIALIZE) == 401
+
+
+async def test_client_with_the_token_is_served(guarded):
+    transport, port = guarded
+    path, _, _, kind = TRANSPORTS[transport]
+    async with Client(kind(f"http://127.0.0.1:{port}{path}", auth=TOKEN)) as client:
+        assert (await call(client, "query_database", query="SELECT count(*) FROM books"))["rows"] == [[3]]
+    with pytest.raises(Exception):  # noqa: B017 -- the transport's error names no status; the 401 is tested raw
+        async with Client(kind(f"http://127.0.0.1:{port}{path}", auth="wrong-token")) as client:
+            await call(client, "query_database", query="SELECT 1")
+
+
+async def test_forged_host_is_misdirected(guarded):
+    transport, port = guarded
+    assert raw(transport, port, Host="evil.example", **AUTH) == 421
+    assert raw(transport, port, Host=f"evil.example:{port}", **AUTH) == 421
+    assert raw(transport, port, Host=f"127.0.0.1:{port}", **AUTH) == 200
+
+
+async def test_forged_origin_is_forbidden(guarded):
+    transport, port = guarded
+    assert raw(transport, port, Origin="http://evil.example", **AUTH) == 403
+    assert raw(transport, port, Origin=f"http://evil.example:{port}", **AUTH) == 403
+    assert raw(transport, port, Origin=f"http://localhost:{port}", **AUTH) == 200
+
+
+async def test_oversized_body_is_refused_and_the_server_keeps_serving(guarded):
+    transport, port = guarded
+    body = json.dumps({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "query_database", "arguments": {"query": "SELECT 1" + " " * (5 * 1024 * 1024)}},
+    })  # fmt: skip
+    target = "/mcp" if transport == "http" else "/messages/?session_id=0123456789abcdef0123456789abcdef"
+    assert http_status(port, "POST", target, body, **AUTH) == 413
+    assert raw(transport, port, **AUTH) == 200
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["server.py", "--transport", "http", "--host", "0.0.0.0"],
+        ["-m", "fastmcp.cli", "run", "server.py", "--transport", "http", "--host", "0.0.0.0"],
+        ["-m", "fastmcp.cli", "run", "server.py", "--transport", "sse", "--host", "::"],
+    ],
+    ids=["python-server.py", "fastmcp-run-http", "fastmcp-run-sse-ipv6"],
+)
+def test_binding_beyond_loopback_without_token_refuses_to_start(network_env, command):
+    result = subprocess.run(
+        [PYTHON, *command, "--port", str(free_port())], cwd=HERE, env={**os.environ, **network_env},
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "without MCP_AUTH_TOKEN" in result.stderr and "bind 127.0.0.1" in result.stderr
+
+
+async def test_rate_limit_over_http_answers_with_a_clear_error(network_env, tmp_path):
+    port = free_port()
+    env = {**network_env, "MCP_RATE_LIMIT": "60/minute"}  # a burst of 60, then one a second
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port):
+        async with Client(StreamableHttpTransport(f"http://127.0.0.1:{port}/mcp")) as client:
+            outcomes = []
+            for _ in range(90):
+                try:
+                    await client.call_tool("query_database", {"query": "SELECT 1"})
+                    outcomes.append("ok")
+                except Exception as exc:
+                    outcomes.append(str(exc))
+            await asyncio.sleep(1.5)
+            assert (await call(client, "query_database", query="SELECT 2"))["rows"] == [[2]]
+    assert outcomes[:50] == ["ok"] * 50
+    refusals = [o for o in outcomes if o != "ok"]
+    assert refusals and all("Rate limit exceeded" in o for o in refusals), refusals[:3]
+
+
+# --- 4. Load and faults ---------------------------------------------------------------------------------------
+
+
+def proc_numbers(pid: int) -> dict[str, int]:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "threads": int(status["Threads"]),
+        "rss_kib": int(status["VmRSS"].split()[0]),
+    }
+
+
+def open_files(pid: int) -> list[str]:
+    names = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            names.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return names
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def settle(pid: int, baseline: dict[str, int], url: str, seconds: float) -> dict[str, int]:
+    """Poll (with one call a second, which lets anyio retire idle worker threads) until back to baseline."""
+    deadline = time.monotonic() + seconds
+    while True:
+        now = proc_numbers(pid)
+        if (now["fds"] <= baseline["fds"] and now["threads"] <= baseline["threads"]) or time.monotonic() > deadline:
+            return now
+        async with Client(StreamableHttpTransport(url)) as client:
+            await call(client, "query_database", query="SELECT 1")
+        await asyncio.sleep(1)
+
+
+MIX = [
+    ("query_database", {"query": "SELECT id, title, price FROM books ORDER BY id"}, lambda a: a["row_count"] == 3),
+    ("query_database", {"query": "SELECT n FROM numbers WHERE n > ?", "params": [2000], "max_rows": 100},
+     lambda a: a["row_count"] == 100 and a["truncated"]),
+    ("read_json", {"filepath": "config.json", "pointer": "/list/1"}, lambda a: a["value"] == 20),
+    ("list_files", {"pattern": "**/*.json"}, lambda a: len(a["entries"]) == 4),
+    ("list_tables", {}, lambda a: len(a["tables"]) == 5),
+    ("describe_table", {"table": "books"}, lambda a: a["row_count"] == 3),
+    ("query_database", {"query": "SELECT count(*) FROM numbers a, numbers b WHERE a.n <= 200 AND b.n <= 200"},
+     lambda a: a["rows"] == [[40_000]]),
+]  # fmt: skip
+
+
+async def test_sixteen_clients_under_load_leak_nothing(network_env, tmp_path, db_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    with running("server.py", "--transport", "http", env=network_env, logs=tmp_path / "logs", port=port) as process:
+        async with Client(StreamableHttpTransport(url)) as client:
+            await call(client, "query_database", query="SELECT 1")
+        await asyncio.sleep(0.5)
+        baseline = proc_numbers(process.pid)
+        errors: list[str] = []
+        calls = [0]
+        rss: dict[str, int] = {}
+
+        async def worker(index: int, until: float) -> None:
+            async with Client(StreamableHttpTransport(url)) as client:
+                step = index
+                while time.monotonic() < until:
+                    tool, args, ok = MIX[step % len(MIX)]
+                    step += 1
+                    try:
+                        if not ok(await call(client, tool, **args)):
+                            errors.append(f"{tool} answered wrongly")
+                    except Exception as exc:
+                        errors.append(f"{tool}: {exc!r}")
+                    calls[0] += 1
+
+        async def sample(at: float, name: str) -> None:
+            await asyncio.sleep(at)
+            rss[name] = proc_numbers(process.pid)["rss_kib"]
+
+        until = time.monotonic() + 12
+        await asyncio.gather(*(worker(i, until) for i in range(16)), sample(4, "warm"), sample(11.5, "late"))
+        after = await settle(process.pid, baseline, url, seconds=20)
+        leftovers = [name for name in open_files(process.pid) if Path(name).name.startswith(db_path.name)]
+        assert process.poll() is None
+    assert errors == [] and calls[0] > 200, (errors[:5], calls[0])
+    assert after["fds"] <= baseline["fds"], (baseline, after)
+    assert after["threads"] <= baseline["threads"], (baseline, after)
+    assert leftovers == []  # every call's SQLite connection is closed
+    assert rss["late"] <= rss["warm"] * 1.25 + 32 * 1024, rss  # flat once warm
+
+
+HOLD_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute(sys.argv[2])
+conn.execute("DELETE FROM numbers WHERE n > 100")
+print("holding", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+@pytest.mark.parametrize("begin", ["BEGIN EXCLUSIVE", "BEGIN IMMEDIATE"])
+async def test_another_process_holding_a_write_lock_never_hangs_a_read(db_path, files_root, journal, begin):
+    if journal == "wal":
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+    outcomes = []
+    with subprocess.Popen(
+        [PYTHON, "-c", HOLD_LOCK, str(db_path), begin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as holder:
+        assert holder.stdout.readline().strip() == "holding"
+        async with Client(create_server(Settings(db_path=db_path, files_root=files_root))) as client:
+            for tool, args in [
+                ("query_database", {"query": "SELECT count(*) FROM numbers"}),
+                ("list_tables", {}),
+                ("describe_table", {"table": "numbers"}),
+                ("resource", {"uri": "schema://tables"}),
+            ]:
+                started = time.monotonic()
+                refused, text, _, _ = await attempt(client, tool, args)
+                outcomes.append((tool, refused, text))
+                assert time.monotonic() - started < server.BUSY_TIMEOUT_S + 2.5, tool
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            assert holder.wait(timeout=10) == 0
+            assert (await call(client, "query_database", query="SELECT count(*) FROM numbers"))["rows"] == [[2500]]
+    for tool, refused, text in outcomes:
+        if refused:
+            assert "database is locked" in text, (tool, text)
+        else:
+            assert "2500" in text or tool != "query_database", (tool, text)  # the committed data, never half a write
+    if journal == "delete" and begin == "BEGIN EXCLUSIVE":
+        assert all(refused for _, refused, _ in outcomes), outcomes  # the lock really was in the way
+
+
+async def test_reading_a_wal_database_never_writes_it(db_path, files_root, scratch):
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+    before_db, before_tree = digest(db_path), snapshot(scratch)
+    async with Client(create_server(Settings(db_path=db_path, files_root=files_root))) as client:
+        assert (await call(client, "query_database", query="SELECT count(*) FROM books"))["rows"] == [[3]]
+        await error_of(client, "query_database", query="DELETE FROM books")
+    after = snapshot(scratch)
+    assert digest(db_path) == before_db
+    created = set(after) - set(before_tree)
+    # SQLite's WAL readers need the -wal and -shm companions and make them when missing; the log stays empty.
+    assert created <= {f"{db_path.name}-wal", f"{db_path.name}-shm"}, created
+    assert not (scratch / f"{db_path.name}-wal").exists() or (scratch / f"{db_path.name}-wal").stat().st_size == 0
+
+
+async def test_database_deleted_while_serving_then_restored(db_path, files_root, scratch):
+    async with Client(create_server(Settings(db_path=db_path, files_root=files_root))) as client:
+        db_path.rename(scratch / "away.db")
+        for tool, args in [
+            ("query_database", {"query": "SELECT 1"}),
+            ("list_tables", {}),
+            ("describe_table", {"table": "books"}),
+        ]:
+            assert "is missing; restore it" in await error_of(client, tool, **args)
+        (scratch / "away.db").rename(db_path)
+        assert (await call(client, "query_database", query="SELECT count(*) FROM books"))["rows"] == [[3]]
+    assert not (scratch / "away.db").exists()
+
+
+async def test_database_replaced_while_serving(db_path, files_root, scratch):
+    async with Client(create_server(Settings(db_path=db_path, files_root=files_root))) as client:
+        other = scratch / "other.db"
+        with contextlib.closing(sqlite3.connect(other)) as conn:
+            conn.execute("CREATE TABLE zebras (stripes INTEGER)")
+            conn.commit()
+        os.replace(other, db_path)
+        assert [t["name"] for t in (await call(client, "list_tables"))["tables"]] == ["zebras"]
+        db_path.write_bytes(b"this is not a database " * 100)
+        for tool, args in [
+            ("query_database", {"query": "SELECT * FROM zebras"}),
+            ("list_tables", {}),
+            ("describe_table", {"table": "zebras"}),
+            ("resource", {"uri": "schema://tables"}),
+        ]:
+            refused, text, _, _ = await attempt(client, tool, args)
+            assert refused and "file is not a database" in text, (tool, text)
+        build_database(scratch / "fresh.db")
+        os.replace(scratch / "fresh.db", db_path)
+        assert (await call(client, "query_database", query="SELECT count(*) FROM books"))["rows"] == [[3]]
+
+
+@pytest.mark.parametrize("replacement", ["removed", "a file"])
+async def test_files_root_removed_while_serving_then_restored(db_path, files_root, scratch, replacement):
+    async with Client(create_server(Settings(db_path=db_path, files_root=files_root))) as client:
+        files_root.rename(scratch / "away")
+        if replacement == "a file":
+            files_root.write_text("{}")
+        assert "files root is missing" in await error_of(client, "read_json", filepath="config.json")
+        assert "files root is missing" in await error_of(client, "list_files")
+        if replacement == "a file":
+            files_root.unlink()
+        (scratch / "away").rename(files_root)
+        assert (await call(client, "read_json", filepath="nested/item.json"))["value"] == {"id": 7}
+        assert {e["path"] for e in (await call(client, "list_files"))["entries"]} >= {"config.json", "nested"}
+
+
+async def test_a_name_that_is_not_utf8_does_not_break_a_listing(db_path, files_root):
+    with open(os.path.join(os.fsencode(files_root), b"bad\xff.json"), "w") as handle:
+        handle.write("{}")
+    async with Client(create_server(Settings(db_path=db_path, files_root=files_root))) as client:
+        paths = {e["path"] for e in (await call(client, "list_files"))["entries"]}
+    assert {"config.json", "bad\ufffd.json"} <= paths
+
+
+SLOW = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+SLOW_CLIENT = """
+import asyncio, sys
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
+async def main():
+    async with Client(StreamableHttpTransport(sys.argv[1])) as client:
+        print("calling", flush=True)
+        await client.call_tool("query_database", {"query": sys.argv[2]})
+asyncio.run(main())
+"""
+
+
+async def busy(pid: int, seconds: float = 1.0) -> float:
+    """The server's CPU use over `seconds`: about 1.0 while a query runs, about 0 when idle."""
+    start = cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    return (cpu_seconds(pid) - start) / seconds
+
+
+@pytest.mark.parametrize("how", ["task cancelled", "process killed"])
+async def test_a_client_that_disconnects_mid_query_stops_it(network_env, tmp_path, db_path, how):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    env = {**network_env, "MCP_QUERY_TIMEOUT_MS": "60000"}  # only the disconnect can stop it in time
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port) as process:
+        async with Client(StreamableHttpTransport(url)) as client:
+            await call(client, "query_database", query="SELECT 1")
+        await asyncio.sleep(0.5)
+        baseline = proc_numbers(process.pid)
+        if how == "task cancelled":
+            async with Client(StreamableHttpTransport(url)) as client:
+                task = asyncio.create_task(client.call_tool("query_database", {"query": SLOW}))
+                await asyncio.sleep(1)
+                assert await busy(process.pid) > 0.3  # the query is running (a full core when the machine is idle)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        else:
+            with subprocess.Popen([PYTHON, "-c", SLOW_CLIENT, url, SLOW], stdout=subprocess.PIPE, text=True) as slow:
+                try:
+                    assert slow.stdout.readline().strip() == "calling"
+                    await asyncio.sleep(1)
+                    assert await busy(process.pid) > 0.3
+                finally:
+                    slow.kill()
+        await asyncio.sleep(0.5)
+        assert await busy(process.pid) < 0.15  # interrupted, long before its 60 s deadline
+        after = await settle(process.pid, baseline, url, seconds=5)
+        started = time.monotonic()
+        async with Client(StreamableHttpTransport(url)) as client:
+            assert (await call(client, "query_database", query="SELECT 2"))["rows"] == [[2]]
+        assert time.monotonic() - started < 2
+        leftovers = [name for name in open_files(process.pid) if Path(name).name.startswith(db_path.name)]
+    assert after["fds"] <= baseline["fds"] and after["threads"] <= baseline["threads"], (baseline, after)
+    assert leftovers == []
