@@ -17,6 +17,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -1029,34 +1030,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(*command: str, env: dict[str, str], port: int, path: str = "/mcp") -> Iterator[str]:
-    """Run the server as a real process on a loopback port until the block ends."""
-    process = subprocess.Popen(
-        list(command),
-        cwd=HERE,
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {process.communicate(timeout=5)}")
-            time.sleep(0.1)
+def serving(*args: str, env: dict[str, str], port: int, path: str = "/mcp") -> Iterator[str]:
+    """`python ARGS --port PORT` as a real process (see `running`), given to the block as its URL."""
+    with tempfile.TemporaryDirectory() as logs, running(*args, env=env, logs=Path(logs), port=port):
         yield f"http://127.0.0.1:{port}{path}"
-    finally:
-        process.terminate()
-        try:
-            process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
 
 
 @pytest.fixture
@@ -1092,14 +1069,14 @@ async def test_stdio_end_to_end(server_env, command, db_path):
 @pytest.mark.parametrize(
     "launcher",
     [
-        ["server.py", "--transport", "sse", "--port"],
-        ["-m", "fastmcp.cli", "run", "server.py", "--transport", "sse", "--port"],
+        ["server.py", "--transport", "sse"],
+        ["-m", "fastmcp.cli", "run", "server.py", "--transport", "sse"],
     ],
     ids=["python-server.py", "fastmcp-run"],
 )
 async def test_sse_end_to_end(server_env, launcher):
     port = free_port()
-    with serving(PYTHON, *launcher, str(port), env=server_env, port=port, path="/sse") as url:
+    with serving(*launcher, env=server_env, port=port, path="/sse") as url:
         async with Client(SSETransport(url)) as client:
             await exercise(client)
 
@@ -1107,14 +1084,14 @@ async def test_sse_end_to_end(server_env, launcher):
 @pytest.mark.parametrize(
     "launcher",
     [
-        ["server.py", "--transport", "http", "--port"],
-        ["-m", "fastmcp.cli", "run", "server.py", "--transport", "http", "--port"],
+        ["server.py", "--transport", "http"],
+        ["-m", "fastmcp.cli", "run", "server.py", "--transport", "http"],
     ],
     ids=["python-server.py", "fastmcp-run"],
 )
 async def test_http_end_to_end(server_env, launcher):
     port = free_port()
-    with serving(PYTHON, *launcher, str(port), env=server_env, port=port) as url:
+    with serving(*launcher, env=server_env, port=port) as url:
         async with Client(StreamableHttpTransport(url)) as client:
             await exercise(client)
 
@@ -1122,9 +1099,7 @@ async def test_http_end_to_end(server_env, launcher):
 async def test_sampling_over_sse(server_env):
     handler, _ = answering("SELECT count(*) FROM books")
     port = free_port()
-    with serving(
-        PYTHON, "server.py", "--transport", "sse", "--port", str(port), env=server_env, port=port, path="/sse"
-    ) as url:
+    with serving("server.py", "--transport", "sse", env=server_env, port=port, path="/sse") as url:
         async with Client(SSETransport(url), sampling_handler=handler) as client:
             result = await call(client, "ask_database", question="how many books?")
     assert result["result"]["rows"] == [[3]]
@@ -1200,7 +1175,7 @@ def npx(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 def test_conformance_scenarios_pass_over_http(server_env):
     port = free_port()
     failures = {}
-    with serving(PYTHON, "server.py", "--transport", "http", "--port", str(port), env=server_env, port=port) as url:
+    with serving("server.py", "--transport", "http", env=server_env, port=port) as url:
         for scenario in SCENARIOS:
             result = npx(CONFORMANCE, "server", "--url", url, "--scenario", scenario)
             if result.returncode != 0:
@@ -1224,9 +1199,7 @@ def test_inspector_cli_over_stdio(server_env):
 @needs_npx
 def test_inspector_cli_over_sse(server_env):
     port = free_port()
-    with serving(
-        PYTHON, "server.py", "--transport", "sse", "--port", str(port), env=server_env, port=port, path="/sse"
-    ) as url:
+    with serving("server.py", "--transport", "sse", env=server_env, port=port, path="/sse") as url:
         listed = npx(INSPECTOR, "--cli", url, "--transport", "sse", "--method", "tools/list")
         called = npx(
             INSPECTOR, "--cli", url, "--transport", "sse", "--method", "tools/call",
