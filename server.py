@@ -88,7 +88,7 @@ MAX_VALUE_BYTES = 16 * 1024 * 1024  # SQLITE_LIMIT_LENGTH: no string or blob bui
 MAX_PARAMS = 999  # SQLITE_LIMIT_VARIABLE_NUMBER, the historical SQLite default
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux; longer paths cannot name a real file anyway
 MAX_JSON_DEPTH = 200  # deeper documents are refused: they only serve to exhaust recursion
-MAX_LIST_ENTRIES = 1000  # list_files stops here and says so with `truncated`
+MAX_LIST_ENTRIES = 1000  # list_files and list_tables stop here and say so with `truncated`
 CURSOR_TTL_S = 600  # a page cursor lives ten minutes: long enough to read on, short enough to forget
 PROGRESS_EVERY_S = 1.0  # a query that runs this long starts reporting progress
 BUSY_TIMEOUT_S = 1.0  # wait at most this long for another process's write lock before saying so
@@ -253,6 +253,7 @@ class TableSummary(BaseModel):
 
 class TableList(BaseModel):
     tables: list[TableSummary]
+    truncated: bool = Field(False, description="True when there are more tables than one answer lists")
 
 
 class ColumnInfo(BaseModel):
@@ -1688,7 +1689,8 @@ def create_server(settings: Settings) -> FastMCP:
         return AskResult(question=question, sql=sql, result=await page(ctx, sql, None, settings.max_rows, 0))
 
     async def tables() -> TableList:
-        return TableList(tables=await run_sql(None, database.list_tables))
+        summaries = await run_sql(None, database.list_tables)
+        return TableList(tables=summaries[:MAX_LIST_ENTRIES], truncated=len(summaries) > MAX_LIST_ENTRIES)
 
     async def describe_one(name: str) -> TableDescription:
         return await run_sql(None, partial(database.describe_table, name))

@@ -2320,3 +2320,14 @@ async def test_a_client_that_disconnects_mid_query_stops_it(network_env, tmp_pat
         leftovers = [name for name in open_files(process.pid) if Path(name).name.startswith(db_path.name)]
     assert after["fds"] <= baseline["fds"] and after["threads"] <= baseline["threads"], (baseline, after)
     assert leftovers == []
+
+
+async def test_list_tables_is_bounded(tmp_path, files_root, monkeypatch):
+    monkeypatch.setattr(server, "MAX_LIST_ENTRIES", 3)
+    db = tmp_path / "many.db"
+    with sqlite3.connect(db) as conn:
+        for i in range(5):
+            conn.execute(f"CREATE TABLE t{i} (x)")
+    async with Client(create_server(Settings(db_path=db, files_root=files_root))) as client:
+        result = await call(client, "list_tables")
+    assert [t["name"] for t in result["tables"]] == ["t0", "t1", "t2"] and result["truncated"] is True
