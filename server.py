@@ -1522,6 +1522,36 @@ def close_at_exit(database: SQLiteDatabase | PostgresDatabase) -> Any:
     return lifespan
 
 
+async def in_worker_thread(work: Any, stop: threading.Event, ctx: Context | None, total_s: float) -> Any:
+    """Run blocking work in a worker thread, reporting progress while it runs.
+
+    If the call is cancelled (the client cancels or disconnects), `stop` is set: the work checks it
+    through its Deadline and ends, releasing its connection, instead of running on unobserved.
+    """
+    started = time.monotonic()
+
+    async def report() -> None:
+        while ctx is not None:
+            await anyio.sleep(PROGRESS_EVERY_S)
+            elapsed = time.monotonic() - started
+            await ctx.report_progress(elapsed, total_s, f"running for {elapsed:.0f} s")
+
+    outcome: list[Any] = []
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(report)
+            try:  # kept out of the task group so errors are not wrapped in an ExceptionGroup
+                outcome.append(await anyio.to_thread.run_sync(work, abandon_on_cancel=True))
+            except Exception as exc:
+                outcome.append(exc)
+            group.cancel_scope.cancel()
+    finally:
+        stop.set()
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
+
+
 def create_server(settings: Settings) -> FastMCP:
     """Build the one FastMCP instance from settings: tools, resources and middleware."""
     configure_logging(settings.log_level)
@@ -1567,36 +1597,11 @@ def create_server(settings: Settings) -> FastMCP:
         lifespan=close_at_exit(database),
     )
 
-    async def in_thread(ctx: Context | None, work: Any, stop: threading.Event) -> Any:
-        """Run blocking work in a worker thread; report progress while it runs; on cancel, stop it."""
-        started = time.monotonic()
-
-        async def report() -> None:
-            while ctx is not None:
-                await anyio.sleep(PROGRESS_EVERY_S)
-                elapsed = time.monotonic() - started
-                await ctx.report_progress(elapsed, timeout_s, f"running for {elapsed:.0f} s")
-
-        outcome: list[Any] = []
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(report)
-                try:  # kept out of the task group so errors are not wrapped in an ExceptionGroup
-                    outcome.append(await anyio.to_thread.run_sync(work, abandon_on_cancel=True))
-                except Exception as exc:
-                    outcome.append(exc)
-                group.cancel_scope.cancel()
-        finally:
-            stop.set()  # a cancelled call's query sees this in its progress handler and ends
-        if isinstance(outcome[0], Exception):
-            raise outcome[0]
-        return outcome[0]
-
     async def run_sql(ctx: Context | None, work: Any) -> Any:
         stop = threading.Event()
         deadline = Deadline(timeout_s, stop)
         try:
-            return await in_thread(ctx, partial(work, deadline), stop)
+            return await in_worker_thread(partial(work, deadline), stop, ctx, timeout_s)
         except QueryRefused as exc:
             if ctx is not None:
                 await ctx.warning(f"refused: {exc}")
