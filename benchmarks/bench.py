@@ -2,6 +2,7 @@
 
     uv run python benchmarks/bench.py            # full run, a few minutes on 2 cores
     uv run python benchmarks/bench.py --quick    # fewer repetitions, for a smoke test
+    uv run python benchmarks/bench.py --only pg  # only the PostgreSQL section
 
 It builds its own database in a temporary folder, then measures in one run, interleaved call by
 call, the same work for four things:
@@ -19,15 +20,25 @@ initialize handshake (what desktop clients do). Shared machines are noisy: read 
 ratios, which come from one interleaved run; a bare time from another run means little.
 Children start with bytecode caching on (PYTHONDONTWRITEBYTECODE unset) and after a warm-up start,
 as on a user's machine where `__pycache__` is already written.
+
+The PostgreSQL section (`pg`; in the full run whenever PostgreSQL's initdb and pg_ctl are installed,
+skipped with the reason otherwise) starts a throwaway cluster on a free loopback port (as the
+`postgres` user when run as root), COPYs the same 100,000 `items` rows into it, and runs server.py
+with DATABASE_URL as the README's read-only role `bench_reader`. Its floor is psycopg in this
+process: one open connection, `cursor.execute(sql)`, `fetchall`, `json.dumps`. The cluster and
+every child are stopped on the way out, also on error.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import pwd
+import shutil
 import signal
 import socket
 import sqlite3
@@ -36,7 +47,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -69,25 +82,25 @@ def child_env(*extra: dict[str, str]) -> dict[str, str]:
 # --- Data ------------------------------------------------------------------------------------------
 
 
+def item_rows(count: int) -> Iterator[tuple[int, str, str, float, str]]:
+    """The rows of `items` (and `big`): the same values for SQLite and PostgreSQL."""
+    for i in range(1, count + 1):
+        yield (
+            i,
+            f"customer {i}",
+            f"user{i}@example.com",
+            round((i * 7919 % 100_000) / 100, 2),
+            f"2025-{i % 12 + 1:02d}-{i % 28 + 1:02d}",
+        )
+
+
 def build_database(path: Path) -> None:
     """items: 100,000 rows of five typical columns; big: the same shape, 1,000,000 rows."""
     conn = sqlite3.connect(path)
     shape = "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL, amount REAL NOT NULL, created TEXT)"
     conn.executescript(f"CREATE TABLE items {shape}; CREATE TABLE big {shape};")
     for table, count in (("items", TABLE_ROWS), ("big", BIG_ROWS)):
-        conn.executemany(
-            f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)",
-            (
-                (
-                    i,
-                    f"customer {i}",
-                    f"user{i}@example.com",
-                    round((i * 7919 % 100_000) / 100, 2),
-                    f"2025-{i % 12 + 1:02d}-{i % 28 + 1:02d}",
-                )
-                for i in range(1, count + 1)
-            ),
-        )
+        conn.executemany(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)", item_rows(count))
     conn.commit()
     conn.close()
 
@@ -348,10 +361,10 @@ def measure_inprocess_official(db: Path, workdir: Path, sql: str, calls: int, wa
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-async def measure_http(db: Path, files: Path, clients: int, seconds: float) -> tuple[float, float, list[float]]:
+async def measure_http(server_env: dict[str, str], clients: int, seconds: float) -> tuple[float, float, list[float]]:
     """Calls per second with 1 and with `clients` concurrent clients over streamable HTTP (ours only)."""
     port = free_port()
-    env = child_env({"MCP_DB_PATH": str(db), "MCP_FILES_ROOT": str(files), "MCP_LOG_LEVEL": "WARNING"})
+    env = child_env({"MCP_LOG_LEVEL": "WARNING"}, server_env)
     proc = subprocess.Popen(
         ["uv", "run", "--frozen", "--project", str(ROOT), "python", str(ROOT / "server.py"),
          "--transport", "http", "--port", str(port)],
@@ -397,6 +410,203 @@ async def measure_http(db: Path, files: Path, clients: int, seconds: float) -> t
             proc.wait()
 
 
+# --- PostgreSQL ----------------------------------------------------------------------------------------
+
+PG_ROLE = "bench_reader"
+PG_DATABASE = "bench"
+# The read-only role of the README, word for word; {role}, {password}, {database} filled in.
+READ_ONLY_ROLE_RECIPE = """
+CREATE ROLE {role} LOGIN PASSWORD '{password}'
+    NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
+    CONNECTION LIMIT 20;
+ALTER ROLE {role} SET default_transaction_read_only = on;
+REVOKE ALL ON DATABASE {database} FROM PUBLIC;
+GRANT CONNECT ON DATABASE {database} TO {role};
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT USAGE ON SCHEMA public TO {role};
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role};
+"""
+
+
+class PostgresUnavailable(Exception):
+    """No PostgreSQL here: the section is skipped with this reason."""
+
+
+def postgres_program(name: str) -> str | None:
+    """A PostgreSQL server program: on PATH, or where Debian's packages put it (as test_postgres.py)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    return str(versions[-1]) if versions else None
+
+
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[str]:
+    """initdb + pg_ctl in a temporary folder on a free loopback port; yields a superuser URL, stops on exit.
+
+    The same approach as test_postgres.py's: as root the cluster belongs to `postgres` (or `nobody`).
+    """
+    initdb, pg_ctl = postgres_program("initdb"), postgres_program("pg_ctl")
+    if not (initdb and pg_ctl):
+        raise PostgresUnavailable("PostgreSQL's initdb and pg_ctl are not installed (apt-get install postgresql)")
+    try:
+        import psycopg  # noqa: F401  (the dev group has it)
+    except ImportError as exc:
+        raise PostgresUnavailable(f"psycopg is not installed ({exc})") from None
+    folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        user = "postgres"
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            user = "nobody"
+        shutil.chown(folder, user)
+        as_user = ["runuser", "-u", user, "--"]
+    data, port = folder / "data", free_port()
+
+    def run(*command: str) -> None:
+        result = subprocess.run([*as_user, *command], cwd=folder, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            log = (folder / "log").read_text(errors="replace")[-2000:] if (folder / "log").exists() else ""
+            raise PostgresUnavailable(f"{Path(command[0]).name} failed: {result.stderr.strip()[-2000:]} {log}")
+
+    started = False
+    try:
+        run(initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
+        started = True  # from here on, stop it whatever happens (pg_ctl may fail after the server started)
+        run(pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w", "-t", "60", "start")
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if started:
+            subprocess.run(
+                [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+                cwd=folder, capture_output=True, timeout=60, check=False,
+            )  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def load_postgres(admin_url: str) -> str:
+    """Database `bench` with the same `items` (COPY), and the README's read-only role; its URL."""
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {PG_DATABASE}")
+    bench_url = admin_url.rsplit("/", 1)[0] + f"/{PG_DATABASE}"
+    password = "bench-only"
+    with psycopg.connect(bench_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE items (id integer NOT NULL, name text NOT NULL, email text NOT NULL,"
+            " amount double precision NOT NULL, created text)"
+        )
+        with conn.cursor() as cursor, cursor.copy("COPY items (id, name, email, amount, created) FROM STDIN") as copy:
+            for row in item_rows(TABLE_ROWS):
+                copy.write_row(row)
+        conn.execute("ALTER TABLE items ADD PRIMARY KEY (id)")
+        conn.execute("VACUUM ANALYZE items")
+        conn.execute(READ_ONLY_ROLE_RECIPE.format(role=PG_ROLE, password=password, database=PG_DATABASE))
+    host = bench_url.split("@", 1)[1]
+    return f"postgresql://{PG_ROLE}:{password}@{host}"
+
+
+def measure_pg_floor(url: str, sql: str, calls: int, warmup: int) -> list[float]:
+    """psycopg's own floor: one open connection, execute, fetchall, compact json.dumps, in this process."""
+    import psycopg
+
+    times = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        for i in range(warmup + calls):
+            started = time.perf_counter()
+            with conn.cursor() as cursor:
+                cursor.execute(sql)
+                columns = [d.name for d in cursor.description or ()]
+                rows = [list(r) for r in cursor.fetchall()]
+            json.dumps({"columns": columns, "rows": rows}, separators=(",", ":"))
+            if i >= warmup:
+                times.append(time.perf_counter() - started)
+    return times
+
+
+def measure_pg_floor_rate(url: str, sql: str, clients: int, seconds: float) -> float:
+    """Calls per second of the psycopg floor with `clients` threads, one connection each."""
+    import psycopg
+
+    conns = [psycopg.connect(url, autocommit=True) for _ in range(clients)]
+    counts = [0] * clients
+    try:
+        stop = time.perf_counter() + seconds
+
+        def worker(n: int) -> None:
+            conn = conns[n]
+            while time.perf_counter() < stop:
+                with conn.cursor() as cursor:
+                    cursor.execute(sql)
+                    columns = [d.name for d in cursor.description or ()]
+                    rows = [list(r) for r in cursor.fetchall()]
+                json.dumps({"columns": columns, "rows": rows}, separators=(",", ":"))
+                counts[n] += 1
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sum(counts) / (time.perf_counter() - started)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+async def measure_postgres(args: argparse.Namespace, calls: int, large_calls: int) -> list[PgRow]:
+    """The PostgreSQL section: ours with DATABASE_URL against the psycopg floor, on a throwaway cluster."""
+    rows: list[PgRow] = []
+    os.environ.pop("MCP_DB_PATH", None)  # the in-process section sets it; DATABASE_URL refuses both
+    with tempfile.TemporaryDirectory(prefix="bench-pg-files-") as tmp, throwaway_cluster() as admin_url:
+        t0 = time.perf_counter()
+        url = load_postgres(admin_url)
+        print(f"PostgreSQL: loaded items {TABLE_ROWS:,} rows (COPY) in {time.perf_counter() - t0:.1f} s")
+        server_env = {"DATABASE_URL": url, "MCP_FILES_ROOT": tmp}
+        ours = Target(
+            "ours",
+            ["uv", "run", "--frozen", "--project", str(ROOT), "python", str(ROOT / "server.py")],
+            {**server_env, "MCP_MAX_ROWS": str(LARGE), "MCP_LOG_LEVEL": "WARNING"},
+            "query_database",
+            "query",
+        )
+        async with ours.connect() as client:  # warm-up start (bytecode, pool), and a check of the data
+            result = await ours.query(client, LARGE_QUERY)
+            sent = (result.structured_content or {}).get("row_count")
+            if sent != LARGE:
+                raise RuntimeError(f"ours over PostgreSQL sent {sent} rows for {LARGE_QUERY!r}, expected {LARGE}")
+
+        small = (await measure_calls((ours,), ONE_ROW, calls, warmup=20))["ours"]
+        floor_small = measure_pg_floor(url, ONE_ROW, calls, warmup=20)
+        for label, fn in (("median", median), ("p95", p95)):
+            o, f = fn(small), fn(floor_small)
+            rows.append((f"PG 1-row SELECT over stdio, per call ({label})", ms(o), ms(f), ratio(o, f)))
+
+        large = median((await measure_calls((ours,), LARGE_QUERY, large_calls, warmup=2))["ours"])
+        floor_large = median(measure_pg_floor(url, LARGE_QUERY, large_calls, warmup=2))
+        rows.append(
+            (f"PG {LARGE:,}-row SELECT over stdio (median)", ms(large), ms(floor_large), ratio(large, floor_large))
+        )
+
+        single, many, latencies = await measure_http(server_env, args.clients, args.http_seconds)
+        floor_single = measure_pg_floor_rate(url, ONE_ROW, 1, args.http_seconds)
+        floor_many = measure_pg_floor_rate(url, ONE_ROW, args.clients, args.http_seconds)
+        figure = f"PG HTTP 1-row SELECT, {args.clients} clients: calls/s (1 client)"
+        rows.append(
+            (figure, f"{many:.0f} ({single:.0f})", f"{floor_many:.0f} ({floor_single:.0f})", ratio(floor_many, many))
+        )
+        spread = f"{ms(median(latencies))} / {ms(p95(latencies))}"
+        rows.append((f"PG HTTP {args.clients} clients: per call median / p95", spread, "", ""))
+    return rows
+
+
 # --- Report ------------------------------------------------------------------------------------------
 
 
@@ -410,24 +620,85 @@ def ratio(a: float, b: float) -> str:
 
 Row = tuple[str, str, str, str, str, str]
 HEADER: Row = ("figure", "ours", "official", "bare FastMCP", "floor", "ours/official")
+PgRow = tuple[str, str, str, str]
+PG_HEADER: PgRow = ("PostgreSQL", "ours (DATABASE_URL)", "psycopg floor", "ours/floor")
 
 
-def print_table(rows: list[Row]) -> None:
-    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
-    for i, row in enumerate([HEADER, *rows]):
+def print_table(rows: list[Row] | list[PgRow], header: Row | PgRow = HEADER) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for i, row in enumerate([header, *rows]):
         print("  ".join(cell.ljust(widths[j]) if j == 0 else cell.rjust(widths[j]) for j, cell in enumerate(row)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
 
 
-SECTIONS = ("start", "small", "inprocess", "large", "wire", "memory", "http")
+SECTIONS = ("start", "small", "inprocess", "large", "wire", "memory", "http", "pg")
 
 
 async def run(args: argparse.Namespace) -> None:
     only = set(args.only or SECTIONS)
     starts, calls, large_calls = (3, 60, 5) if args.quick else (9, 300, 21)
     rows: list[Row] = []
+    pg_rows: list[PgRow] = []
+    pg_skipped = ""
     checks: list[tuple[str, bool, str]] = []
+    if only - {"pg"}:
+        await run_sqlite(args, only, starts, calls, large_calls, rows, checks)
+    if "pg" in only:
+        try:
+            pg_rows = await asyncio.wait_for(measure_postgres(args, calls, large_calls), timeout=args.pg_timeout)
+        except PostgresUnavailable as exc:
+            pg_skipped = f"PostgreSQL section skipped: {exc}"
+            print(pg_skipped)
+        except TimeoutError:
+            pg_skipped = f"PostgreSQL section gave up after {args.pg_timeout:.0f} s (--pg-timeout); cluster stopped"
+            print(pg_skipped)
+
+    print()
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print("children: bytecode cached (PYTHONDONTWRITEBYTECODE unset; a warm-up start wrote __pycache__ first)")
+    if rows:
+        print(f"repetitions: {starts} starts, {calls} small calls, {large_calls} large calls, interleaved")
+    if pg_rows:
+        print(f"PostgreSQL: {calls} small calls, {large_calls} large calls, {args.http_seconds:g} s per HTTP phase")
+    if rows:
+        print()
+        print_table(rows)
+    if pg_rows:
+        print()
+        print_table(pg_rows, PG_HEADER)
+        print(
+            f"  PostgreSQL {postgres_version()}, loopback TCP, role {PG_ROLE}, the server's pool at its default size."
+        )
+        print("  ours/floor is a ratio of time per call throughout (for calls/s: the floor's rate over ours).")
+    elif pg_skipped:
+        print()
+        print(pg_skipped)
+    if checks:
+        print()
+        print("targets (issue 4):")
+        for name, met, figure in checks:
+            print(f"  [{'x' if met else ' '}] {name}: {figure}")
+
+
+def postgres_version() -> str:
+    initdb = postgres_program("initdb")
+    if not initdb:
+        return "?"
+    out = subprocess.run([initdb, "--version"], capture_output=True, text=True, check=False).stdout
+    return out.strip().split(")", 1)[-1].strip() or "?"
+
+
+async def run_sqlite(
+    args: argparse.Namespace,
+    only: set[str],
+    starts: int,
+    calls: int,
+    large_calls: int,
+    rows: list[Row],
+    checks: list[tuple[str, bool, str]],
+) -> None:
+    """The SQLite sections: ours against the official server, bare FastMCP and the sqlite3 floor."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         db, files = workdir / "bench.db", workdir / "files"
@@ -511,22 +782,12 @@ async def run(args: argparse.Namespace) -> None:
             checks.append(("peak memory bounded by the row cap, not the table", raised[2] < BIG_ROWS, growth))
 
         if "http" in only:
-            single, many, latencies = await measure_http(db, files, args.clients, args.http_seconds)
+            server_env = {"MCP_DB_PATH": str(db), "MCP_FILES_ROOT": str(files)}
+            single, many, latencies = await measure_http(server_env, args.clients, args.http_seconds)
             figure = f"HTTP 1-row SELECT, {args.clients} clients: calls/s (1 client)"
             rows.append((figure, f"{many:.0f} ({single:.0f})", "n/a: stdio only", "", "", ""))
             spread = f"{ms(median(latencies))} / {ms(p95(latencies))}"
             rows.append((f"HTTP {args.clients} clients: per call median / p95", spread, "", "", "", ""))
-
-    print()
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print("children: bytecode cached (PYTHONDONTWRITEBYTECODE unset; a warm-up start wrote __pycache__ first)")
-    print(f"repetitions: {starts} starts, {calls} small calls, {large_calls} large calls, interleaved")
-    print()
-    print_table(rows)
-    print()
-    print("targets (issue 4):")
-    for name, met, figure in checks:
-        print(f"  [{'x' if met else ' '}] {name}: {figure}")
 
 
 def relay(counts: Path, command: list[str]) -> int:
@@ -557,6 +818,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients (default 16)")
     parser.add_argument("--http-seconds", type=float, default=3.0, help="duration of each HTTP phase")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these measurements")
+    parser.add_argument(
+        "--pg-timeout", type=float, default=300.0, help="give up the PostgreSQL section after this many seconds"
+    )
     asyncio.run(run(parser.parse_args()))
 
 
