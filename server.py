@@ -377,8 +377,10 @@ class SQLiteDatabase:
 
     def execute(
         self, sql: str, params: list | dict | None, max_rows: int, skip: int, deadline: Deadline
-    ) -> tuple[list[str], list[list[Any]], bool]:
-        """Run one read-only statement; return columns, up to `max_rows` rows after `skip`, more?"""
+    ) -> tuple[list[str], list[list[Any]], bool, str]:
+        """Run one read-only statement: columns, up to `max_rows` rows after `skip`, whether more
+        remain, and the data version read just before (what a page cursor must find unchanged)."""
+        version = self.fingerprint()
         try:
             conn, refusals = self._connect(deadline)
         except sqlite3.Error as exc:  # unreadable, not a database, or locked
@@ -394,7 +396,7 @@ class SQLiteDatabase:
                 raise _explain(exc, refusals, deadline) from None
             if not columns:
                 raise QueryRefused("the statement returned no columns: only queries are allowed")
-            return columns, rows, more
+            return columns, rows, more, version
         finally:
             conn.close()
 
@@ -808,13 +810,15 @@ class PostgresDatabase:
 
     def execute(
         self, sql: str, params: list | dict | None, max_rows: int, skip: int, deadline: Deadline
-    ) -> tuple[list[str], list[list[Any]], bool]:
-        """Run one read-only statement; return columns, up to `max_rows` rows after `skip`, more?"""
+    ) -> tuple[list[str], list[list[Any]], bool, str]:
+        """Run one read-only statement: columns, up to `max_rows` rows after `skip`, whether more
+        remain, and the data version read just before, in the same session (see PG_FINGERPRINT)."""
         if isinstance(params, dict):
             raise QueryRefused("PostgreSQL placeholders are $1, $2, ...: pass params as a list, not an object")
 
-        def work() -> tuple[list[str], list[list[Any]], bool]:
+        def work() -> tuple[list[str], list[list[Any]], bool, str]:
             with self._session(deadline) as conn:
+                version = _pg_version(conn)
                 cursor = self.pg.RawCursor(conn)  # $1 placeholders as PostgreSQL has them; % is not special
                 rows = _PostgresRows(cursor.stream(sql, params, size=self.chunk))  # streamed: the extended protocol
                 if skip:
@@ -822,11 +826,11 @@ class PostgresDatabase:
                 page, more = _fetch_page(rows, max_rows)
                 rows.close()
                 if cursor.description:
-                    return [column.name for column in cursor.description], page, more
+                    return [column.name for column in cursor.description], page, more, version
                 # No row came, so no description either: the unnamed statement still describes itself.
                 described = conn.pgconn.describe_prepared(b"")
                 encoding = conn.info.encoding
-                return [described.fname(i).decode(encoding) for i in range(described.nfields)], page, more
+                return [described.fname(i).decode(encoding) for i in range(described.nfields)], page, more, version
 
         return self._run(work, deadline)
 
@@ -836,8 +840,7 @@ class PostgresDatabase:
 
         def work() -> str:
             with self._session(deadline) as conn:
-                (state,) = conn.execute(PG_FINGERPRINT).fetchone()
-            return hashlib.sha256((state or "").encode()).hexdigest()[:16]
+                return _pg_version(conn)
 
         return self._run(work, deadline)
 
@@ -954,6 +957,11 @@ class _PostgresRows:
 
     def close(self) -> None:
         self.stream.close()  # psycopg cancels the rest of the result on the server
+
+
+def _pg_version(conn: Any) -> str:
+    (state,) = conn.execute(PG_FINGERPRINT).fetchone()
+    return hashlib.sha256((state or "").encode()).hexdigest()[:16]
 
 
 def _postgres_value(value: Any) -> Any:
@@ -1612,13 +1620,8 @@ def create_server(settings: Settings) -> FastMCP:
         return await run_sql(None, lambda _deadline: database.fingerprint())
 
     async def page(ctx: Context | None, sql: str, params: list | dict | None, max_rows: int, skip: int) -> QueryResult:
-        def work(deadline: Deadline) -> tuple[str, tuple[list[str], list[list[Any]], bool]]:
-            # The version first, then the rows, in one trip to a worker thread: each trip costs
-            # more than a small query does.
-            return database.fingerprint(), database.execute(sql, params, max_rows, skip, deadline)
-
         started = time.perf_counter()
-        version, (columns, rows, more) = await run_sql(ctx, work)
+        columns, rows, more, version = await run_sql(ctx, partial(database.execute, sql, params, max_rows, skip))
         elapsed = round((time.perf_counter() - started) * 1000, 2)
         cursor = None
         if more:

@@ -824,10 +824,10 @@ async def test_stateless_http_processes_behind_a_load_balancer(library, files_ro
     def client_factory(**kwargs) -> httpx2.AsyncClient:
         return httpx2.AsyncClient(transport=balancer, **kwargs)
 
-    launch = [PYTHON, "server.py", "--transport", "http", "--stateless", "--port"]
+    launch = ["server.py", "--transport", "http", "--stateless"]
     with (
-        serving(*launch, str(ports[0]), env=env, port=ports[0]) as url,
-        serving(*launch, str(ports[1]), env=env, port=ports[1]),
+        serving(*launch, env=env, port=ports[0]) as url,
+        serving(*launch, env=env, port=ports[1]),
     ):
         transport = StreamableHttpTransport(url, auth="t0ken", httpx_client_factory=client_factory)
         async with Client(transport) as client:
