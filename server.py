@@ -323,19 +323,6 @@ class Deadline:
         return self.stop.is_set() or time.monotonic() > self.at
 
 
-def _explained(method: Any) -> Any:
-    """An introspection method whose driver errors (a locked, corrupt or vanished file) become the
-    same clear QueryRefused messages queries get, instead of a masked internal error."""
-
-    def wrapper(self: Any, *args: Any) -> Any:
-        try:
-            return method(self, *args)
-        except sqlite3.Error as exc:
-            raise _explain(exc, [], args[-1]) from None  # the deadline is every method's last argument
-
-    return wrapper
-
-
 class SQLiteDatabase:
     """The one place that knows SQLite: opens read-only connections and runs single statements.
 
@@ -352,28 +339,39 @@ class SQLiteDatabase:
     def close(self) -> None:
         """Nothing to close: every call closes its own connection."""
 
-    def _connect(self, deadline: Deadline) -> tuple[sqlite3.Connection, list[str]]:
+    @contextlib.contextmanager
+    def _session(self, deadline: Deadline) -> Iterator[tuple[sqlite3.Connection, list[str]]]:
+        """A guarded read-only connection for one call, always closed. A driver error (a locked,
+        corrupt or unreadable file, a refused statement, the deadline) becomes a clear QueryRefused;
+        `refusals` collects what the authorizer denied, so the message can name it."""
         if not self.path.is_file():
             raise QueryRefused(f"the database file {self.path.name} is missing; restore it")
-        uri = f"file:{urllib.parse.quote(self.path.as_posix())}?mode=ro"  # a '?' or '#' in a name stays a name
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        conn.text_factory = lambda raw: raw.decode("utf-8", "replace")  # bad UTF-8 is not a crash
-        conn.execute("PRAGMA query_only = ON")
-        # SQLite's memory has a ceiling. A sort larger than its cache spills to an anonymous temporary
-        # file (unlinked as it opens); that is kept, because an in-memory sort cannot be interrupted
-        # and would outlive the deadline, while spilling lets the progress handler stop it in time.
-        conn.execute(f"PRAGMA hard_heap_limit = {MAX_SQLITE_HEAP_BYTES}")
-        for limit, value in (
-            (sqlite3.SQLITE_LIMIT_ATTACHED, 0),
-            (sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES),
-            (sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_CHARS),
-            (sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_PARAMS),
-        ):
-            conn.setlimit(limit, value)
         refusals: list[str] = []
-        conn.set_authorizer(partial(_authorize, refusals))
-        conn.set_progress_handler(lambda: deadline.passed(), 1000)
-        return conn, refusals
+        conn = None
+        try:
+            uri = f"file:{urllib.parse.quote(self.path.as_posix())}?mode=ro"  # a '?' or '#' stays in the name
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.text_factory = lambda raw: raw.decode("utf-8", "replace")  # bad UTF-8 is not a crash
+            conn.execute("PRAGMA query_only = ON")
+            # SQLite's memory has a ceiling. A sort larger than its cache spills to an anonymous temporary
+            # file (unlinked as it opens); that is kept, because an in-memory sort cannot be interrupted
+            # and would outlive the deadline, while spilling lets the progress handler stop it in time.
+            conn.execute(f"PRAGMA hard_heap_limit = {MAX_SQLITE_HEAP_BYTES}")
+            for limit, value in (
+                (sqlite3.SQLITE_LIMIT_ATTACHED, 0),
+                (sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES),
+                (sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_CHARS),
+                (sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_PARAMS),
+            ):
+                conn.setlimit(limit, value)
+            conn.set_authorizer(partial(_authorize, refusals))
+            conn.set_progress_handler(lambda: deadline.passed(), 1000)
+            yield conn, refusals
+        except (sqlite3.Error, MemoryError) as exc:
+            raise _explain(exc, refusals, deadline) from None
+        finally:
+            if conn is not None:
+                conn.close()
 
     def execute(
         self, sql: str, params: list | dict | None, max_rows: int, skip: int, deadline: Deadline
@@ -381,24 +379,18 @@ class SQLiteDatabase:
         """Run one read-only statement: columns, up to `max_rows` rows after `skip`, whether more
         remain, and the data version read just before (what a page cursor must find unchanged)."""
         version = self.fingerprint()
-        try:
-            conn, refusals = self._connect(deadline)
-        except sqlite3.Error as exc:  # unreadable, not a database, or locked
-            raise _explain(exc, [], deadline) from None
-        try:
+        with self._session(deadline) as (conn, refusals):
             try:
                 cursor = conn.execute(sql, params if params is not None else ())
-                columns = [d[0] for d in cursor.description or ()]
-                if skip:
-                    _discard(cursor, skip)
-                rows, more = _fetch_page(cursor, max_rows)
-            except (sqlite3.Error, OverflowError, UnicodeEncodeError, ValueError, MemoryError) as exc:
+            except (OverflowError, UnicodeEncodeError, ValueError) as exc:  # values Python cannot bind
                 raise _explain(exc, refusals, deadline) from None
-            if not columns:
-                raise QueryRefused("the statement returned no columns: only queries are allowed")
-            return columns, rows, more, version
-        finally:
-            conn.close()
+            columns = [d[0] for d in cursor.description or ()]
+            if skip:
+                _discard(cursor, skip)
+            rows, more = _fetch_page(cursor, max_rows)
+        if not columns:
+            raise QueryRefused("the statement returned no columns: only queries are allowed")
+        return columns, rows, more, version
 
     def fingerprint(self) -> str:
         """Changes whenever the database file (or its write-ahead log) does."""
@@ -419,13 +411,9 @@ class SQLiteDatabase:
             " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
         ).fetchall()
 
-    @_explained
     def table_names(self, deadline: Deadline) -> list[str]:
-        conn, _ = self._connect(deadline)
-        try:
+        with self._session(deadline) as (conn, _):
             return [name for name, _, _ in self._objects(conn)]
-        finally:
-            conn.close()
 
     def _row_count(self, conn: sqlite3.Connection, name: str, deadline: Deadline) -> int | None:
         if deadline.passed():
@@ -435,30 +423,20 @@ class SQLiteDatabase:
         except sqlite3.OperationalError:
             return None  # interrupted by the deadline, or a view that cannot be evaluated
 
-    @_explained
     def schema_sql(self, deadline: Deadline) -> str:
         """The CREATE statements, for a model that is asked to write SQL against them."""
-        conn, _ = self._connect(deadline)
-        try:
+        with self._session(deadline) as (conn, _):
             return "\n".join(sql for _, _, sql in self._objects(conn) if sql)[:20_000]
-        finally:
-            conn.close()
 
-    @_explained
     def list_tables(self, deadline: Deadline) -> list[TableSummary]:
-        conn, _ = self._connect(deadline)
-        try:
+        with self._session(deadline) as (conn, _):
             return [
                 TableSummary(name=name, type=kind, row_count=self._row_count(conn, name, deadline))
                 for name, kind, _ in self._objects(conn)
             ]
-        finally:
-            conn.close()
 
-    @_explained
     def describe_table(self, name: str, deadline: Deadline) -> TableDescription:
-        conn, _ = self._connect(deadline)
-        try:
+        with self._session(deadline) as (conn, _):
             objects = {obj[0]: obj for obj in self._objects(conn)}
             if name not in objects:
                 known = ", ".join(list(objects)[:100]) or "none"
@@ -501,8 +479,6 @@ class SQLiteDatabase:
                 row_count=self._row_count(conn, name, deadline),
                 create_sql=create_sql,
             )
-        finally:
-            conn.close()
 
 
 def _authorize(refusals: list[str], action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
@@ -1852,10 +1828,8 @@ def main(argv: list[str] | None = None) -> None:
     if transport == "stdio":
         log.info("speaking MCP over stdio: connect a client such as Claude Desktop (Ctrl-C stops)")
         server.run("stdio", show_banner=False)
-    elif stateless:
-        server.run(transport, show_banner=False, host=host, port=port, stateless_http=True)
     else:
-        server.run(transport, show_banner=False, host=host, port=port)
+        server.run(transport, show_banner=False, host=host, port=port, stateless_http=stateless)
 
 
 if __name__ == "__main__":
