@@ -465,7 +465,10 @@ async def test_ask_database_tells_the_model_it_is_postgresql(make_server):
         result = await call(client, "ask_database", question="who was born first?")
     assert result["result"]["rows"] == [["Stanisław"], ["Ursula"]]
     prompt = asked[0][1].system_prompt
-    assert "PostgreSQL SELECT" in prompt and 'CREATE TABLE "public"."books"' in prompt
+    schema = json.loads(asked[0][0][0].content.text)["schema"]
+    assert "PostgreSQL database" in prompt and "books" not in prompt
+    assert {"name": "public.books", "type": "table", "columns": ["id integer", "author_id integer", "title text",
+            "price numeric(6,2)"]} in schema  # fmt: skip
 
 
 async def test_the_readme_read_only_role_reads(make_server, library, unchanged):
