@@ -502,8 +502,7 @@ def _explain(exc: Exception, refusals: list[str], deadline: Deadline) -> QueryRe
         return memory_refusal()
     if "database or disk is full" in text or "File too large" in text:
         return QueryRefused(
-            f"the query needs more temporary space than this server allows ({MAX_TEMP_FILE_BYTES // 2**20} MiB"
-            " per sort); narrow it, or sort fewer rows"
+            "the query needs more temporary space than this server allows one sort; narrow it, or sort fewer rows"
         )
     if "one statement at a time" in text:
         return QueryRefused("send exactly one SQL statement per call")
@@ -694,6 +693,13 @@ class PostgresEngine:
                 )
             finally:
                 stream.close()  # psycopg cancels the rest of the result on the server
+            # A read-only transaction still hands out transaction ids (txid_current(), large objects):
+            # PostgreSQL has no setting against it, so such a statement is at least never answered.
+            if conn.execute("SELECT txid_current_if_assigned()").fetchone()[0] is not None:
+                raise QueryRefused(
+                    "only read-only statements are allowed: this one took a transaction id (txid_current()"
+                    " and the large-object functions do), which was rolled back"
+                )
         return {"columns": columns, "row_count": count, "more": more, "version": version}, body
 
     def _columns(self, conn: Any, cursor: Any) -> list[str]:
@@ -1033,13 +1039,14 @@ def serve_worker(stdin: BinaryIO, stdout: BinaryIO) -> None:
     """Run one worker process until its parent closes the pipe. The protocol, in full:
 
     The parent starts `python server.py --worker JOB` (JOB only names it in process listings) with
-    pipes for stdin and stdout (stderr is shared: that is where a worker logs). Every message either way is one frame: two 4-byte big-endian
-    lengths, of a JSON header and of a body of raw bytes, then the header, then the body.
+    pipes for stdin and stdout (stderr is shared: that is where a worker logs). Every message either
+    way is one frame: two 4-byte big-endian lengths, of a JSON header and of a body of raw bytes,
+    then the header, then the body.
 
     1. The parent's first frame opens the worker: {"engine": "sqlite" | "postgres" | "files",
-       "config": {the engine's arguments}, "memory_bytes": N, "log_level": "INFO"}. The worker
-       builds its engine, limits itself (N bytes of address space past what it uses at that point;
-       MAX_TEMP_FILE_BYTES for any file it writes) and answers {"ok": true, "pid": its pid}.
+       "config": {the engine's arguments}, "memory_bytes": M, "file_bytes": F, "log_level": "INFO"}.
+       The worker builds its engine, limits itself (M bytes of address space past what it maps at
+       that point, F bytes for any file it writes) and answers {"ok": true, "pid": its pid}.
     2. Then, one at a time, requests {"op": name, "timeout": seconds left, "deadline": the whole
        call's seconds (for messages), ...arguments}, and exactly one reply each: {"ok": true,
        ...results} with a body (a page's rows, a document: JSON), or {"ok": false, "error":
@@ -1070,7 +1077,7 @@ def serve_worker(stdin: BinaryIO, stdout: BinaryIO) -> None:
         log.exception("a worker could not start")
         write_frame(stdout, {"ok": False, "internal": f"{type(exc).__name__}: {exc}"})
         return
-    _limit_resources(opening["memory_bytes"])
+    _limit_resources(opening["memory_bytes"], opening["file_bytes"])
     write_frame(stdout, {"ok": True, "pid": os.getpid()})
     operations = engine.operations()
     while (frame := read_frame(stdin)) is not None:
@@ -1112,13 +1119,13 @@ def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
     return json.loads(stream.read(header_size)), stream.read(body_size)
 
 
-def _limit_resources(memory_bytes: int) -> None:
+def _limit_resources(memory_bytes: int, file_bytes: int) -> None:
     """The operating system's bounds on this worker: its address space, and any file it writes."""
     try:
         import resource
     except ImportError:  # Windows: the deadline's kill and SQLite's own heap limit still hold
         return
-    limits = [(resource.RLIMIT_FSIZE, MAX_TEMP_FILE_BYTES)]
+    limits = [(resource.RLIMIT_FSIZE, file_bytes)]
     if mapped := _address_space():  # Linux: macOS, for one, enforces no limit on the address space
         limits.append((resource.RLIMIT_AS, mapped + memory_bytes))
     for limit, value in limits:
@@ -1164,6 +1171,7 @@ if __name__ == "__main__" and sys.argv[1:2] == [WORKER_FLAG]:  # a worker needs 
 # A worker process has stopped reading above; the imports it does not need start here.
 
 import argparse
+import asyncio
 import gc
 import hmac
 import ipaddress
@@ -1178,11 +1186,13 @@ from subprocess import PIPE
 from typing import Annotated, Literal
 
 import anyio
+import h11
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ResourceError, ToolError
 from fastmcp.server.auth.providers.debug import DebugTokenVerifier
+from fastmcp.server.http import StreamableHTTPASGIApp
 from fastmcp.server.middleware.rate_limiting import RateLimitingMiddleware
 from fastmcp.tools import ToolResult
 from fastmcp.utilities.json_schema import compress_schema
@@ -1199,13 +1209,14 @@ from pydantic import (
     field_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 # Sampling (ask_database) and logging to the client are deprecated by the 2026-07-28 protocol but
 # still offered by the earlier revisions most clients speak; the server uses them knowingly.
 warnings.filterwarnings("ignore", "The (sampling|logging) capability is deprecated", MCPDeprecationWarning)
 
 SERVER_FILE = Path(__file__).resolve()  # what a worker process runs, with WORKER_FLAG
-FILE_WORKERS = 2  # processes that parse JSON files: one slow file leaves the other free
+FILE_WORKERS = 1  # processes that parse JSON files: reads take milliseconds, and each may need much memory
 
 
 # --- Settings ----------------------------------------------------------------------------------
@@ -1922,6 +1933,10 @@ ASK_SYSTEM_PROMPT = (
     " no prose, no code fences, no semicolon-separated extras."
 )
 MAX_SCHEMA_CHARS = 20_000  # the schema a sampling request carries: enough for a few hundred columns
+READ_TIMEOUT_S = 10.0  # an HTTP request's head, and each piece of its body, must arrive within this
+MAX_CONNECTIONS = 128  # open HTTP connections and streams; a request past it gets 503 at once
+MAX_SESSIONS = 100  # live MCP sessions over streamable HTTP; a new one past it gets 503
+SESSION_IDLE_S = 600  # a streamable HTTP session that nobody used for ten minutes ends
 
 
 class DataServer(FastMCP):
@@ -1939,7 +1954,78 @@ class DataServer(FastMCP):
                 " anyone who can reach it could read your data. Set a token or bind 127.0.0.1."
             )
         kwargs.setdefault("host_origin_protection", "auto")  # Host/Origin checks on loopback
+        kwargs["uvicorn_config"] = {
+            "http": TimedH11Protocol,  # slow or half-sent requests are closed, not kept forever
+            "limit_concurrency": MAX_CONNECTIONS,
+            "timeout_keep_alive": 5,
+            **(kwargs.get("uvicorn_config") or {}),
+        }
         await super().run_http_async(*args, host=host, **kwargs)
+
+    def http_app(self, *args: Any, **kwargs: Any) -> Any:
+        """FastMCP's app, whose streamable HTTP sessions end when idle and are capped in number."""
+        kwargs.setdefault("session_idle_timeout", SESSION_IDLE_S)
+        app = super().http_app(*args, **kwargs)
+        endpoints = [getattr(route, "endpoint", None) for route in app.routes]
+        mcp_apps = [e for e in (getattr(e, "app", e) for e in endpoints) if isinstance(e, StreamableHTTPASGIApp)]
+        starting = app.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def lifespan(starlette_app: Any) -> AsyncIterator[Any]:
+            async with starting(starlette_app) as state:
+                for mcp_app in mcp_apps:  # the session manager exists once the app has started
+                    mcp_app.session_manager.max_sessions = MAX_SESSIONS
+                yield state
+
+        app.router.lifespan_context = lifespan
+        return app
+
+
+class TimedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with read deadlines: a request's head must arrive whole within
+    READ_TIMEOUT_S of the connection (or of the previous request), and each piece of its body
+    within READ_TIMEOUT_S of the last; otherwise the connection closes (a late head gets 408)."""
+
+    _read_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm_read_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        state = self.conn.their_state
+        if state is h11.IDLE:  # reading a head: one deadline for all of it, however it trickles in
+            if self._read_timer is None and not self.transport.is_closing():
+                self._arm_read_timer()
+        elif state is h11.SEND_BODY:  # reading a body: the deadline restarts with every piece
+            self._arm_read_timer()
+        else:  # the request is read: from here on it is the server's time, not the client's
+            self._cancel_read_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_read_timer()
+        super().connection_lost(exc)
+
+    def _arm_read_timer(self) -> None:
+        self._cancel_read_timer()
+        self._read_timer = self.loop.call_later(READ_TIMEOUT_S, self._read_timed_out)
+
+    def _cancel_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # the server is behind, not the client: look again later
+            self._arm_read_timer()
+            return
+        if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        self.transport.close()
 
 
 def is_loopback(host: str) -> bool:
@@ -1975,7 +2061,7 @@ def answer(text: str, structure: dict[str, Any]) -> ToolResult:
 def database_opening(settings: Settings) -> tuple[dict[str, Any], str, str]:
     """The first frame of a database worker (see serve_worker), the dialect, and a label for the log."""
     memory = settings.worker_memory_mb * 2**20
-    common = {"memory_bytes": memory, "log_level": settings.log_level}
+    common = {"memory_bytes": memory, "file_bytes": MAX_TEMP_FILE_BYTES, "log_level": settings.log_level}
     if settings.database_url is None:
         assert settings.db_path
         config = {"path": settings.db_path.as_posix(), "heap_limit": memory // 2}
@@ -2018,9 +2104,9 @@ class DataService:
         # Parsing JSON takes up to ~24 bytes of memory per byte of file (a file of empty arrays).
         memory = max(settings.worker_memory_mb * 2**20, 24 * settings.max_file_bytes)
         files = {"root": self.files_root.as_posix(), "max_bytes": settings.max_file_bytes}
-        self.files = WorkerPool(
-            "file", {"engine": "files", "config": files, "memory_bytes": memory, "log_level": settings.log_level}, 1
-        )
+        limits = {"memory_bytes": memory, "file_bytes": MAX_TEMP_FILE_BYTES, "log_level": settings.log_level}
+        opening = {"engine": "files", "config": files, **limits}
+        self.files = WorkerPool("file", opening, FILE_WORKERS)
         secret = (
             settings.cursor_secret.get_secret_value().encode() if settings.cursor_secret else secrets.token_bytes(32)
         )
