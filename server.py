@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -36,6 +37,7 @@ import logging
 import math
 import os
 import re
+import select
 import signal
 import sqlite3
 import stat
@@ -46,6 +48,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -205,8 +208,8 @@ def _row_json(raw: Any, budget: int) -> bytes | None:
 class Rows:
     """A driver cursor read in chunks, keeping rows that one page fetched but could not carry."""
 
-    def __init__(self, fetchmany: Callable[[int], list[Any]]):
-        self._fetchmany = fetchmany
+    def __init__(self, fetchmany: Callable[[int], list[Any]], close: Callable[[], Any] = lambda: None):
+        self._fetchmany, self.close = fetchmany, close
         self.pending: list[Any] = []
 
     def take(self, count: int) -> list[Any]:
@@ -263,31 +266,119 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# --- Open results: pages from one snapshot -----------------------------------------------------
+
+RESULT_GONE = (
+    "the result behind this cursor is no longer open (it was read to the end, left unread too long,"
+    " or its worker was restarted); rerun the query"
+)
+
+
+class HeldResult:
+    """A result read page by page: its rows, still coming from the statement that produced them, on
+    a connection of its own whose open read transaction is the snapshot every page comes from."""
+
+    def __init__(self, conn: Any, rows: Rows, columns: list[str], release: Callable[[], None]):
+        self.conn, self.rows, self.columns, self.release = conn, rows, columns, release
+        self.opened = self.used = time.monotonic()
+
+
+class OpenResults:
+    """The results one worker keeps open between pages: at most `limit` (a new one releases the
+    oldest), each released when read to the end, after `idle_s` unread, or `max_age_s` after it
+    opened. What holding costs the database (WAL growth, PostgreSQL's xmin) lasts no longer."""
+
+    def __init__(self, limit: int, idle_s: float, max_age_s: float = CURSOR_TTL_S):
+        self.limit, self.idle_s, self.max_age_s = limit, idle_s, max_age_s
+        self.open: dict[str, HeldResult] = {}
+
+    def add(self, held: HeldResult) -> str:
+        self.sweep()
+        while self.open and len(self.open) >= self.limit:
+            self.release(next(iter(self.open)))  # the oldest first
+        result_id = base64.urlsafe_b64encode(os.urandom(9)).decode()
+        self.open[result_id] = held
+        return result_id
+
+    def get(self, result_id: str) -> HeldResult:
+        self.sweep()
+        held = self.open.get(result_id)
+        if held is None:
+            raise QueryRefused(RESULT_GONE)
+        held.used = time.monotonic()
+        return held
+
+    def release(self, result_id: str) -> None:
+        held = self.open.pop(result_id, None)
+        if held is not None:
+            with contextlib.suppress(Exception):  # a connection already lost is released all the same
+                held.release()
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        for result_id, held in list(self.open.items()):
+            if now - held.used > self.idle_s or now - held.opened > self.max_age_s:
+                self.release(result_id)
+
+    def next_expiry(self) -> float | None:
+        """Seconds until the next result expires, None when none is open."""
+        if not self.open:
+            return None
+        now = time.monotonic()
+        return max(0.0, min(min(h.used + self.idle_s, h.opened + self.max_age_s) - now for h in self.open.values()))
+
+    def close(self) -> None:
+        for result_id in list(self.open):
+            self.release(result_id)
+
+
 # --- SQLite: the read-only engine --------------------------------------------------------------
+
+# Row counts are exact only where that is cheap: count(*) reads every page of its table, and is one
+# step of SQLite's that no deadline interrupts. Bigger databases get sqlite_stat1's estimates.
+EXACT_COUNT_BYTES = 64 * 1024 * 1024
+CHANGED = (
+    "the database changed since this cursor was made (in rollback-journal mode any write does), so its"
+    " rows could shift; rerun the query, or switch the database to WAL mode, where pages come from one snapshot"
+)
 
 
 class SQLiteEngine:
     """The one place that knows SQLite: a guarded read-only connection, kept open between calls.
 
     Kept open, it parses the schema once instead of once per call; it is opened again when the file
-    is replaced (another inode) and refused while the file is missing. Every statement is reset
-    before its call returns, so between calls no lock is held that could block the app's writers.
+    is replaced (another inode) and refused while the file is missing. A result longer than one page
+    keeps its statement, and so its snapshot, open on that connection when the database is in WAL
+    mode, where a reader blocks no writer, and the next call opens a fresh connection. In
+    rollback-journal mode an open statement would hold a lock that blocks the application's writers:
+    there every statement is reset before its call returns, and a later page runs the statement again,
+    refused if the file changed in between.
     """
 
     dialect = "SQLite"
 
-    def __init__(self, path: str, heap_limit: int):
-        self.path, self.heap_limit = path, heap_limit
+    def __init__(
+        self,
+        path: str,
+        heap_limit: int,
+        open_results: int = 4,
+        result_idle_s: float = 120,
+        exact_count_bytes: int = EXACT_COUNT_BYTES,
+    ):
+        self.path, self.heap_limit, self.exact_count_bytes = path, heap_limit, exact_count_bytes
         self.conn: sqlite3.Connection | None = None
         self.identity: tuple[int, int] | None = None
         self.refusals: list[str] = []  # what the authorizer denied during the current call
         self.deadline = Deadline(0)
+        self.results = OpenResults(open_results, result_idle_s)
 
     def operations(self) -> dict[str, Callable[[dict[str, Any], Deadline], tuple[dict[str, Any], bytes]]]:
         return {
             "query": self.query,
+            "next": self.next_page,
             "list_tables": self.list_tables,
             "describe_table": self.describe_table,
+            "search": self.search,
             "schema": self.schema,
             "table_names": self.table_names,
         }
@@ -315,61 +406,78 @@ class SQLiteEngine:
             raise
         return conn
 
-    def close(self) -> None:
+    def _forget_connection(self) -> None:
         if self.conn is not None:
             self.conn.close()
-            self.conn = self.identity = None
+        self.conn = self.identity = None
+
+    def close(self) -> None:
+        self.results.close()
+        self._forget_connection()
 
     @contextlib.contextmanager
-    def _call(self, deadline: Deadline) -> Iterator[sqlite3.Connection]:
-        """The connection for one call, whose driver errors (a locked, corrupt or unreadable file, a
-        refused statement, the deadline) become a QueryRefused that says what to do."""
+    def _call(self, deadline: Deadline) -> Iterator[tuple[sqlite3.Connection, bytes]]:
+        """The connection for one call, with the first 100 bytes of the file (its header); driver errors
+        (a locked, corrupt or unreadable file, a refused statement, the deadline) become QueryRefused."""
         self.deadline, self.refusals = deadline, []
         try:
             info = os.stat(self.path)
+            with open(self.path, "rb") as file:
+                header = file.read(100)
         except OSError:
-            self.close()
+            self._forget_connection()
             raise QueryRefused(f"the database file {Path(self.path).name} is missing; restore it") from None
         try:
             if self.conn is None or self.identity != (info.st_dev, info.st_ino):
-                self.close()
+                self._forget_connection()
                 self.conn, self.identity = self._open(), (info.st_dev, info.st_ino)
-            yield self.conn
+            yield self.conn, header
         except (sqlite3.Error, MemoryError) as exc:
             raise _explain(exc, self.refusals, deadline) from None
 
     def query(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
-        """One read-only statement: a page of rows after `skip`, and the data version read before it."""
-        version = self.version()
-        if request.get("version") not in (None, version):
-            raise QueryRefused("the database changed since this cursor was made; rerun the query")
-        with self._call(deadline) as conn:
+        """One read-only statement: a page of its rows (after `skip`, when a page is run again), and
+        either the open result that later pages come from or the version that they must find."""
+        with self._call(deadline) as (conn, header):
+            wal = header[18:19] == b"\x02"  # the header's write version: 2 means WAL
+            # The change counter (bytes 24-27), which every write in rollback-journal mode moves.
+            version = None if wal else f"{self.identity[1] if self.identity else 0}:{header[24:28].hex()}"
+            if request.get("version") is not None and request["version"] != version:
+                raise QueryRefused(CHANGED)
             try:
                 cursor = conn.execute(request["sql"], request.get("params") or ())
             except (OverflowError, UnicodeEncodeError, ValueError) as exc:  # values Python cannot bind
                 raise _explain(exc, self.refusals, deadline) from None
+            result = None
             try:
                 columns = [d[0] for d in cursor.description or ()]
                 if not columns:
                     raise QueryRefused("the statement returned no columns: only queries are allowed")
                 rows = Rows(cursor.fetchmany)
                 rows.skip(request.get("skip", 0))
-                budget = request["budget"] - reply_cost(encode_json(columns))
-                body, count, more = encode_page(rows, request["max_rows"], budget)
+                body, count, more = encode_page(rows, request["max_rows"], request["budget"] - _cost(columns))
+                if more and wal:
+                    held = HeldResult(conn, rows, columns, release=lambda: (cursor.close(), conn.close()))
+                    result = self.results.add(held)
+                    self.conn = self.identity = None  # that connection is the result's now
             finally:
-                cursor.close()  # resets the statement: no read lock outlives the call
-        return {"columns": columns, "row_count": count, "more": more, "version": version}, body
+                if result is None:
+                    cursor.close()  # resets the statement: no read lock outlives the call
+        return {"columns": columns, "row_count": count, "more": more, "result": result, "version": version}, body
 
-    def version(self) -> str:
-        """Changes whenever the database file (or its write-ahead log) does."""
-        parts = []
-        for suffix in ("", "-wal"):
-            try:
-                info = os.stat(f"{self.path}{suffix}")
-                parts.append(f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}")
-            except FileNotFoundError:
-                parts.append("-")
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    def next_page(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
+        """The next page of an open result, from the snapshot its first page came from."""
+        result_id = request["result"]
+        held = self.results.get(result_id)
+        self.deadline, self.refusals = deadline, []
+        try:
+            body, count, more = encode_page(held.rows, request["max_rows"], request["budget"] - _cost(held.columns))
+        except (sqlite3.Error, MemoryError) as exc:
+            self.results.release(result_id)  # an interrupted statement cannot go on
+            raise _explain(exc, self.refusals, deadline) from None
+        if not more:
+            self.results.release(result_id)
+        return {"columns": held.columns, "row_count": count, "more": more, "result": result_id if more else None}, body
 
     # Introspection runs through the same guarded connection, with parameters, never pasted names.
 
@@ -379,21 +487,87 @@ class SQLiteEngine:
             " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
         ).fetchall()
 
-    def _row_count(self, conn: sqlite3.Connection, name: str, deadline: Deadline) -> int | None:
-        if deadline.passed():
-            return None
-        try:
-            return conn.execute(f"SELECT count(*) FROM {quote_identifier(name)}").fetchone()[0]
-        except sqlite3.OperationalError:
-            return None  # interrupted by the deadline, or a view that cannot be evaluated
+    def _counts(self, conn: sqlite3.Connection, objects: list[tuple], deadline: Deadline) -> list[dict[str, Any]]:
+        """Each object's row count, saying whether it is exact or estimated, or why there is none."""
+        size, exact = os.path.getsize(self.path), self.exact_count_bytes
+        estimates: dict[str, int] = {}
+        if size > exact and conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_stat1'").fetchone():
+            for table, stat in conn.execute("SELECT tbl, stat FROM sqlite_stat1"):
+                with contextlib.suppress(ValueError, AttributeError, IndexError):
+                    estimates[table] = max(estimates.get(table, 0), int(stat.split()[0]))
+        counts = []
+        for name, kind, _ in objects:
+            if kind == "view":
+                counts.append(row_count(None, "views are not counted: counting one runs its query"))
+            elif size > exact:
+                counts.append(
+                    row_count(estimates[name], estimate="from sqlite_stat1, as of the last ANALYZE")
+                    if name in estimates
+                    else row_count(
+                        None,
+                        f"not counted: the database is {size >> 20} MiB, too big to count on every call;"
+                        " ANALYZE gives estimates, or ask count(*)",
+                    )
+                )
+            elif deadline.passed():
+                counts.append(row_count(None, "not counted: the call's deadline came first; ask count(*)"))
+            else:
+                try:
+                    counts.append(
+                        row_count(conn.execute(f"SELECT count(*) FROM {quote_identifier(name)}").fetchone()[0])
+                    )
+                except sqlite3.Error as exc:  # interrupted, or a virtual table whose module is missing
+                    reason = "the call's deadline came first" if "interrupted" in str(exc) else str(exc)
+                    counts.append(row_count(None, f"not counted: {reason}"))
+        return counts
+
+    def _find(self, conn: sqlite3.Connection, name: str) -> tuple[str, str, str | None]:
+        """The table or view called `name`, matched as SQLite matches names: without regard to case."""
+        objects = self._objects(conn)
+        found = [o for o in objects if o[0] == name] or [o for o in objects if o[0].lower() == name.lower()]
+        if not found:
+            known = ", ".join(o[0] for o in objects[:100]) or "none"
+            raise QueryRefused(f"no table or view named {name!r}; the tables are: {known}")
+        return found[0]
 
     def table_names(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
-        with self._call(deadline) as conn:
+        with self._call(deadline) as (conn, _):
             return {"names": [name for name, _, _ in self._objects(conn)]}, b""
+
+    def list_tables(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
+        """The tables and views whose names match a glob, `limit` of them from `offset` on, with counts."""
+        with self._call(deadline) as (conn, _):
+            matching = [o for o in self._objects(conn) if name_matches(o[0], request["pattern"])]
+            shown = matching[request["offset"] : request["offset"] + request["limit"]]
+            counts = self._counts(conn, shown, deadline)
+            tables = [
+                {"name": name, "type": kind, **count} for (name, kind, _), count in zip(shown, counts, strict=True)
+            ]
+            return {"tables": tables, "total": len(matching)}, b""
+
+    def search(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
+        """Tables and columns whose names match a glob, for schemas too big to read whole."""
+        pattern, limit = request["pattern"], request["limit"]
+        with self._call(deadline) as (conn, _):
+            tables = [name for name, _, _ in self._objects(conn) if name_matches(name, pattern)]
+            columns = [
+                {"table": table, "column": column, "type": kind}
+                for table, column, kind in conn.execute(
+                    "SELECT m.name, p.name, p.type FROM sqlite_schema m JOIN pragma_table_info(m.name) p"
+                    " WHERE m.type IN ('table', 'view') AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+                    " ORDER BY m.name, p.cid"
+                )
+                if name_matches(column, pattern)
+            ]
+        return {
+            "tables": tables[:limit],
+            "columns": columns[:limit],
+            "truncated": max(len(tables), len(columns)) > limit,
+        }, b""
 
     def schema(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
         """Tables and their columns, for a model that is asked to write SQL against them."""
-        with self._call(deadline) as conn:
+        with self._call(deadline) as (conn, _):
             tables = []
             for name, kind, _ in self._objects(conn):
                 if deadline.passed() or len(tables) >= MAX_LIST_ENTRIES:
@@ -402,23 +576,9 @@ class SQLiteEngine:
                 tables.append({"name": name, "type": kind, "columns": [f"{c} {t}".strip() for c, t in columns]})
             return {"tables": tables}, b""
 
-    def list_tables(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
-        with self._call(deadline) as conn:
-            return {
-                "tables": [
-                    {"name": name, "type": kind, "row_count": self._row_count(conn, name, deadline)}
-                    for name, kind, _ in self._objects(conn)
-                ]
-            }, b""
-
     def describe_table(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
-        name = request["name"]
-        with self._call(deadline) as conn:
-            objects = {obj[0]: obj for obj in self._objects(conn)}
-            if name not in objects:
-                known = ", ".join(list(objects)[:100]) or "none"
-                raise QueryRefused(f"no table or view named {name!r}; the tables are: {known}")
-            _, kind, create_sql = objects[name]
+        with self._call(deadline) as (conn, _):
+            name, kind, create_sql = found = self._find(conn, request["name"])
             columns = [
                 {"name": c, "type": t, "nullable": not nn, "default": d, "primary_key": pk}
                 for _, c, t, nn, d, pk in conn.execute(
@@ -445,6 +605,7 @@ class SQLiteEngine:
                 }
                 for index, unique in conn.execute('SELECT name, "unique" FROM pragma_index_list(?)', (name,))
             ]
+            (count,) = self._counts(conn, [found], deadline)
             return {
                 "table": {
                     "name": name,
@@ -452,10 +613,27 @@ class SQLiteEngine:
                     "columns": columns,
                     "foreign_keys": list(foreign_keys.values()),
                     "indexes": indexes,
-                    "row_count": self._row_count(conn, name, deadline),
+                    **count,
                     "create_sql": create_sql,
                 }
             }, b""
+
+
+def row_count(count: int | None, note: str | None = None, estimate: str | None = None) -> dict[str, Any]:
+    """A row count as list_tables and describe_table give it: exact, estimated (and from what), or
+    unknown (and why)."""
+    if count is None:
+        return {"row_count": None, "row_count_kind": "unknown", "row_count_note": note}
+    return {"row_count": count, "row_count_kind": "estimate" if estimate else "exact", "row_count_note": estimate}
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """A glob over one name (`*` any run, `?` one character, `[...]` a class), without regard to case."""
+    return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+
+
+def _cost(columns: list[str]) -> int:
+    return reply_cost(encode_json(columns))
 
 
 def _authorize(refusals: list[str], action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
@@ -526,9 +704,22 @@ def _explain(exc: Exception, refusals: list[str], deadline: Deadline) -> QueryRe
 PG_TEXT_TYPES = "numeric date time timetz timestamp timestamptz interval json jsonb".split()
 # Predefined roles that PostgreSQL lets read files or run programs even inside a read-only transaction.
 PG_FILE_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
+# Tables up to this many pages (8 MiB) are counted exactly; bigger ones get the catalog's estimate.
+EXACT_COUNT_PAGES = 1024
+PG_CURSOR = "safe_data_result"  # the one cursor a session's open result reads from
+# A read-only transaction still hands out transaction ids (txid_current(), large objects), and
+# PostgreSQL has no setting against it: such a statement is at least never answered.
+TOOK_TRANSACTION_ID = (
+    "only read-only statements are allowed: this one took a transaction id (txid_current() and the"
+    " large-object functions do), which was rolled back"
+)
 PG_OBJECTS = """
 SELECT n.nspname, c.relname, CASE WHEN c.relkind IN ('v', 'm') THEN 'view' ELSE 'table' END, c.relkind, c.oid,
-       pg_table_is_visible(c.oid)
+       pg_table_is_visible(c.oid),
+       CASE WHEN c.relkind = 'p' THEN (SELECT sum(p.reltuples) FILTER (WHERE p.reltuples >= 0)
+                                      FROM pg_partition_tree(c.oid) t JOIN pg_class p ON p.oid = t.relid WHERE t.isleaf)
+            WHEN c.reltuples >= 0 THEN c.reltuples END,
+       pg_relation_size(c.oid) / current_setting('block_size')::int
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
@@ -543,6 +734,14 @@ LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 LEFT JOIN pg_constraint pk ON pk.conrelid = a.attrelid AND pk.contype = 'p'
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
+"""
+PG_ALL_COLUMNS = """
+SELECT n.nspname || '.' || c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped
+  AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+  AND has_column_privilege(c.oid, a.attnum, 'SELECT')
+ORDER BY 1, a.attnum
 """
 PG_FOREIGN_KEYS = """
 SELECT fn.nspname || '.' || fc.relname,
@@ -566,42 +765,51 @@ SELECT conname, pg_get_constraintdef(oid, true) FROM pg_constraint
 WHERE conrelid = %s AND contype IN ('p', 'u', 'f', 'c', 'x')
 ORDER BY contype <> 'p', conname
 """
-# Every table's insert, update and delete counters and file number (which TRUNCATE changes): any
-# role may read them, and they move whenever rows do, up to a second after the commit.
-PG_FINGERPRINT = """
-SELECT string_agg(concat_ws(':', s.relid, s.n_tup_ins, s.n_tup_upd, s.n_tup_del, c.relfilenode), ',' ORDER BY s.relid)
-FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-"""
 
 
 class PostgresEngine:
     """The one place that knows PostgreSQL: one session that can only read, one statement per call.
 
-    Each call runs exactly one statement, always through the extended protocol (which refuses
-    `SELECT 1; COMMIT; DROP ...`), inside a READ ONLY transaction that is always rolled back, so
-    nothing the statement starts (a large object, a NOTIFY, a setting) outlives the call; DISCARD ALL
-    then ends the session state a rollback keeps (advisory locks, prepared statements). The session
-    starts with default_transaction_read_only, statement_timeout, idle_in_transaction_session_timeout
-    and client_connection_check_interval set, so a backend whose worker was killed ends by itself.
-    Roles that read files or run programs despite all that (superusers, pg_*_server_* members) are
-    refused.
+    Each call runs exactly one statement, always through the extended protocol (pipeline mode, which
+    refuses `SELECT 1; COMMIT; DROP ...`), inside a REPEATABLE READ READ ONLY transaction that the
+    call rolls back, so nothing the statement starts (a large object, a NOTIFY, a setting) outlives
+    it; what a rollback keeps (advisory locks, prepared statements) is ended too. The statement runs
+    as a cursor: a result longer than a page keeps that transaction, and so its snapshot, open on its
+    own session between pages, and the next call connects afresh. Sessions start with
+    default_transaction_read_only, statement_timeout, idle_in_transaction_session_timeout and
+    client_connection_check_interval set, so a backend whose worker was killed ends by itself; the
+    next worker also ends it. Roles that read files or run programs despite all that (superusers,
+    pg_*_server_* members) are refused.
     """
 
     dialect = "PostgreSQL"
 
-    def __init__(self, conninfo: str, timeout_ms: int, terminate: list[int] | None = None):
+    def __init__(
+        self,
+        conninfo: str,
+        timeout_ms: int,
+        terminate: list[int] | None = None,
+        open_results: int = 4,
+        result_idle_s: float = 120,
+    ):
         import psycopg  # only PostgreSQL workers need the driver: the extra is optional
 
+        # psycopg warns when a pipeline that already failed fails again on the way out, which is how
+        # an EXPLAIN refused as a cursor's statement ends; the first error is the one that counts.
+        logging.getLogger("psycopg").setLevel(logging.ERROR)
         self.pg, self.conninfo, self.timeout_s = psycopg, conninfo, timeout_ms / 1000
         self.stale_backends = terminate or []  # sessions of killed workers: a role may end its own
         self.chunk = 500 if psycopg.capabilities.has_stream_chunked() else 1  # rows per network read
         self.conn: Any = None
+        self.results = OpenResults(open_results, result_idle_s)
 
     def operations(self) -> dict[str, Callable[[dict[str, Any], Deadline], tuple[dict[str, Any], bytes]]]:
         return {
             "query": self.query,
+            "next": self.next_page,
             "list_tables": self.list_tables,
             "describe_table": self.describe_table,
+            "search": self.search,
             "schema": self.schema,
             "table_names": self.table_names,
         }
@@ -636,112 +844,240 @@ class PostgresEngine:
             self.conn = conn
         return self.conn
 
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
     @property
     def backend_pid(self) -> int | None:
         """The server process of this worker's session: the parent ends it if it has to kill the worker."""
         return None if self.conn is None or self.conn.closed else self.conn.info.backend_pid
 
+    def close(self) -> None:
+        self.results.close()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    @contextlib.contextmanager
+    def _watching(self, conn: Any, deadline: Deadline) -> Iterator[Any]:
+        """Cancel `conn`'s statement on the server if the call is cancelled or outlives its deadline;
+        driver errors become a QueryRefused that says what to do."""
+        done = threading.Event()
+        watcher = threading.Thread(target=_cancel_when_passed, args=(conn, deadline, done), daemon=True)
+        watcher.start()
+        try:
+            yield conn
+        except (self.pg.Error, UnicodeEncodeError) as exc:
+            raise _explain_postgres(exc, deadline, lost=conn.broken) from None
+        finally:
+            done.set()
+            watcher.join()
+
     @contextlib.contextmanager
     def _transaction(self, deadline: Deadline) -> Iterator[Any]:
-        """A READ ONLY transaction that is rolled back at the end, whose statement PostgreSQL cancels if
-        the call is cancelled or outlives its deadline; driver errors become a QueryRefused."""
+        """The session for one call, whose transaction the call either ends or hands to an open result."""
         try:
             conn = self._connection()
-            done = threading.Event()
-            watcher = threading.Thread(target=_cancel_when_passed, args=(conn, deadline, done), daemon=True)
-            watcher.start()
-            try:
-                conn.execute("BEGIN TRANSACTION READ ONLY")
+        except self.pg.Error as exc:
+            raise _explain_postgres(exc, deadline, lost=True) from None
+        try:
+            with self._watching(conn, deadline):
                 yield conn
-            finally:
-                done.set()
-                watcher.join()
-                try:
-                    conn.execute("ROLLBACK")  # whatever the statement did did not happen
-                    conn.execute("DISCARD ALL")  # nor does what a rollback keeps
-                except self.pg.Error:
-                    self.close()  # lost, or stuck in COPY: the next call connects afresh
-        except (self.pg.Error, UnicodeEncodeError) as exc:
-            raise _explain_postgres(exc, deadline, lost=self.conn is None or self.conn.broken) from None
+        except BaseException:
+            if conn is self.conn:
+                self._end(conn)
+            raise
+        if conn is self.conn and self._end(conn):
+            raise QueryRefused(TOOK_TRANSACTION_ID)
+
+    def _begin(self, conn: Any, deadline: Deadline) -> None:
+        """Start a read-only transaction whose statements stop at the deadline and which, held open
+        for later pages, ends after the open result's idle time. (Never the statement itself first:
+        a first `SET transaction_read_only = off` would be allowed.)"""
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, true),"
+            " set_config('idle_in_transaction_session_timeout', %s, true)",
+            (str(max(1, int(deadline.remaining() * 1000))), str(int(self.results.idle_s * 1000) + 1000)),
+        )
+
+    def _end(self, conn: Any) -> bool:
+        """Roll back the transaction and end what a rollback keeps (session advisory locks, prepared
+        statements), in one round trip; whether the transaction had taken a transaction id (see
+        TOOK_TRANSACTION_ID). A session that cannot end so is closed: the next call connects afresh."""
+        try:
+            with conn.pipeline():
+                took = None
+                if conn.info.transaction_status != self.pg.pq.TransactionStatus.INERROR:
+                    took = conn.execute("SELECT txid_current_if_assigned() IS NOT NULL")
+                conn.execute("ROLLBACK")
+                conn.execute("SELECT pg_advisory_unlock_all()")
+                conn.execute("DEALLOCATE ALL")
+            return bool(took and took.fetchone()[0])
+        except self.pg.Error:
+            conn.close()
+            if conn is self.conn:
+                self.conn = None
+            return False
+
+    def _release(self, conn: Any) -> None:
+        """An open result's session, once done: ended, and kept as the worker's own if it has none."""
+        self._end(conn)
+        if self.conn is None and not conn.closed:
+            self.conn = conn
+        else:
+            conn.close()
 
     def query(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
-        """One read-only statement: a page of rows after `skip`, and the data version read just before,
-        in the same transaction (see PG_FINGERPRINT)."""
+        """One read-only statement: its first page, and the open result later pages come from."""
         params = request.get("params")
         if isinstance(params, dict):
             raise QueryRefused("PostgreSQL placeholders are $1, $2, ...: pass params as a list, not an object")
         with self._transaction(deadline) as conn:
-            (state,) = conn.execute(PG_FINGERPRINT).fetchone()
-            version = hashlib.sha256((state or "").encode()).hexdigest()[:16]
-            if request.get("version") not in (None, version):
-                raise QueryRefused("the database changed since this cursor was made; rerun the query")
-            cursor = self.pg.RawCursor(conn)  # $1 placeholders as PostgreSQL has them; % is not special
-            stream = cursor.stream(request["sql"], params, size=self.chunk)  # the extended protocol
-            rows = Rows(lambda count: [[_postgres_value(v) for v in row] for row in itertools.islice(stream, count)])
             try:
-                rows.skip(request.get("skip", 0))
-                first = rows.take(1)  # the description arrives with the first row
-                rows.give_back(first)
-                columns = self._columns(conn, cursor)
-                body, count, more = encode_page(
-                    rows, request["max_rows"], request["budget"] - reply_cost(encode_json(columns))
-                )
+                columns, rows = self._declare(conn, request["sql"], params, deadline)
+                holds = True
+            except self.pg.errors.SyntaxError:  # EXPLAIN and SHOW cannot be a cursor's: streamed once instead
+                conn.execute("ROLLBACK")
+                columns, rows = self._stream(conn, request["sql"], params, deadline)
+                holds = False
+            try:
+                body, count, more = encode_page(rows, request["max_rows"], request["budget"] - _cost(columns))
             finally:
-                stream.close()  # psycopg cancels the rest of the result on the server
-            # A read-only transaction still hands out transaction ids (txid_current(), large objects):
-            # PostgreSQL has no setting against it, so such a statement is at least never answered.
-            if conn.execute("SELECT txid_current_if_assigned()").fetchone()[0] is not None:
-                raise QueryRefused(
-                    "only read-only statements are allowed: this one took a transaction id (txid_current()"
-                    " and the large-object functions do), which was rolled back"
-                )
-        return {"columns": columns, "row_count": count, "more": more, "version": version}, body
+                rows.close()
+            result = None
+            if more and holds:
+                self._refuse_transaction_id(conn)
+                result = self.results.add(HeldResult(conn, rows, columns, release=partial(self._release, conn)))
+                self.conn = None  # that session is the result's now
+        return {"columns": columns, "row_count": count, "more": more, "result": result}, body
 
-    def _columns(self, conn: Any, cursor: Any) -> list[str]:
+    def next_page(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
+        """The next page of an open result, from the snapshot its first page came from."""
+        result_id = request["result"]
+        held = self.results.get(result_id)
+        try:
+            with self._watching(held.conn, deadline) as conn:
+                conn.execute(
+                    "SELECT set_config('statement_timeout', %s, true)", (str(max(1, int(deadline.remaining() * 1000))),)
+                )
+                body, count, more = encode_page(held.rows, request["max_rows"], request["budget"] - _cost(held.columns))
+                self._refuse_transaction_id(conn)
+        except QueryRefused:
+            self.results.release(result_id)
+            raise
+        if not more:
+            self.results.release(result_id)
+        return {"columns": held.columns, "row_count": count, "more": more, "result": result_id if more else None}, body
+
+    def _declare(self, conn: Any, sql: str, params: Any, deadline: Deadline) -> tuple[list[str], Rows]:
+        """The statement as a cursor, and its first rows: BEGIN, the limits, DECLARE and FETCH in one round trip."""
+        first = conn.cursor()
+        with conn.pipeline():
+            self._begin(conn, deadline)
+            self.pg.RawCursor(conn).execute(f"DECLARE {PG_CURSOR} NO SCROLL CURSOR FOR {sql}", params)
+            first.execute(f"FETCH FORWARD 8 FROM {PG_CURSOR}")
+        columns = [column.name for column in first.description]
+        initial = first.fetchall()
+        exhausted = [len(initial) < 8]  # a FETCH that returned fewer rows than asked reached the end
+
+        def fetch(count: int) -> list[list[Any]]:
+            if exhausted[0]:
+                return []
+            fetched = conn.execute(f"FETCH FORWARD {count} FROM {PG_CURSOR}").fetchall()
+            exhausted[0] = len(fetched) < count
+            return [[_postgres_value(v) for v in row] for row in fetched]
+
+        rows = Rows(fetch)
+        rows.give_back([[_postgres_value(v) for v in row] for row in initial])
+        return columns, rows
+
+    def _stream(self, conn: Any, sql: str, params: Any, deadline: Deadline) -> tuple[list[str], Rows]:
+        """A statement that cannot be a cursor's, streamed: its rows can make one page, no more."""
+        with conn.pipeline():
+            self._begin(conn, deadline)
+        cursor = self.pg.RawCursor(conn)  # $1 placeholders as PostgreSQL has them; % is not special
+        stream = cursor.stream(sql, params, size=self.chunk)  # the extended protocol
+        rows = Rows(
+            lambda count: [[_postgres_value(v) for v in row] for row in itertools.islice(stream, count)], stream.close
+        )
+        rows.give_back(rows.take(1))  # the description arrives with the first row
         if cursor.description:
-            return [column.name for column in cursor.description]
+            return [column.name for column in cursor.description], rows
         # No row came, so no description either: the unnamed statement still describes itself.
         described = conn.pgconn.describe_prepared(b"")
-        return [described.fname(i).decode(conn.info.encoding) for i in range(described.nfields)]
+        return [described.fname(i).decode(conn.info.encoding) for i in range(described.nfields)], rows
+
+    def _refuse_transaction_id(self, conn: Any) -> None:
+        if conn.execute("SELECT txid_current_if_assigned()").fetchone()[0] is not None:
+            raise QueryRefused(TOOK_TRANSACTION_ID)
 
     # Introspection reads the catalog with parameters; the only built SQL quotes catalog names.
 
     def _objects(self, conn: Any) -> dict[str, tuple]:
-        """Readable tables and views by schema-qualified name: (schema, name, type, relkind, oid, visible)."""
+        """Readable tables and views by schema-qualified name:
+        (schema, name, type, relkind, oid, visible, estimated rows, pages)."""
         return {f"{row[0]}.{row[1]}": row for row in conn.execute(PG_OBJECTS)}
+
+    def _count(self, conn: Any, found: tuple, deadline: Deadline) -> dict[str, Any]:
+        """A row count, exact for small tables and estimated from the catalog for the rest."""
+        schema, name, _, relkind, _, _, estimate, pages = found
+        if relkind == "v":
+            return row_count(None, "views are not counted: counting one runs its query")
+        if relkind == "f":
+            return row_count(None, "foreign tables are not counted: counting one reads the remote source")
+        if relkind == "r" and pages <= EXACT_COUNT_PAGES and not deadline.passed():
+            conn.execute("SAVEPOINT row_count")
+            try:
+                table = f"{quote_identifier(schema)}.{quote_identifier(name)}"
+                return row_count(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            except self.pg.Error:
+                conn.execute("ROLLBACK TO SAVEPOINT row_count")  # stopped at the deadline: estimate instead
+        if estimate is None:
+            return row_count(None, "not counted: the table is big and was never analyzed; ask count(*)")
+        return row_count(int(estimate), estimate="from the catalog (pg_class.reltuples), as of the last ANALYZE")
 
     def table_names(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
         with self._transaction(deadline) as conn:
+            self._begin(conn, deadline)
             return {"names": list(self._objects(conn))}, b""
 
-    def _row_count(self, conn: Any, schema: str, name: str, deadline: Deadline) -> int | None:
-        if deadline.passed():
-            return None
-        conn.execute("SAVEPOINT row_count")
-        try:
-            table = f"{quote_identifier(schema)}.{quote_identifier(name)}"
-            return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        except self.pg.Error:
-            conn.execute("ROLLBACK TO SAVEPOINT row_count")
-            return None  # stopped at the deadline, or a view that cannot be evaluated
-
     def list_tables(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
+        """The tables and views whose names match a glob (in one schema, if asked), `limit` of them
+        from `offset` on, with counts."""
         with self._transaction(deadline) as conn:
-            return {
-                "tables": [
-                    {"name": qualified, "type": kind, "row_count": self._row_count(conn, schema, name, deadline)}
-                    for qualified, (schema, name, kind, *_) in self._objects(conn).items()
-                ]
-            }, b""
+            self._begin(conn, deadline)
+            matching = [
+                (qualified, found)
+                for qualified, found in self._objects(conn).items()
+                if (name_matches(found[1], request["pattern"]) or name_matches(qualified, request["pattern"]))
+                and request.get("schema") in (None, found[0])
+            ]
+            shown = matching[request["offset"] : request["offset"] + request["limit"]]
+            tables = [
+                {"name": qualified, "type": found[2], **self._count(conn, found, deadline)}
+                for qualified, found in shown
+            ]
+            return {"tables": tables, "total": len(matching)}, b""
+
+    def search(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
+        """Tables and columns whose names match a glob, for schemas too big to read whole."""
+        pattern, limit = request["pattern"], request["limit"]
+        with self._transaction(deadline) as conn:
+            self._begin(conn, deadline)
+            tables = [qualified for qualified, found in self._objects(conn).items() if name_matches(found[1], pattern)]
+            columns = [
+                {"table": table, "column": column, "type": kind}
+                for table, column, kind in conn.execute(PG_ALL_COLUMNS)
+                if name_matches(column, pattern)
+            ]
+        return {
+            "tables": tables[:limit],
+            "columns": columns[:limit],
+            "truncated": max(len(tables), len(columns)) > limit,
+        }, b""
 
     def describe_table(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
         name = request["name"]
         with self._transaction(deadline) as conn:
+            self._begin(conn, deadline)
             objects = self._objects(conn)
             # "schema.table" as list_tables shows it, or a bare name that the search_path finds
             found = objects.get(name) or next((o for o in objects.values() if o[5] and o[1] == name), None)
@@ -751,7 +1087,7 @@ class PostgresEngine:
             return {"table": self._describe(conn, found, deadline)}, b""
 
     def _describe(self, conn: Any, found: tuple, deadline: Deadline) -> dict[str, Any]:
-        schema, name, kind, relkind, oid, _ = found
+        schema, name, kind, relkind, oid, *_ = found
         qualified = f"{quote_identifier(schema)}.{quote_identifier(name)}"
         columns = [
             {"name": c, "type": t, "nullable": nullable, "default": d, "primary_key": pk}
@@ -783,19 +1119,20 @@ class PostgresEngine:
             "columns": columns,
             "foreign_keys": foreign_keys,
             "indexes": indexes,
-            "row_count": self._row_count(conn, schema, name, deadline),
+            **self._count(conn, found, deadline),
             "create_sql": create_sql,
         }
 
     def schema(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
         """Tables and their columns, for a model that is asked to write SQL against them."""
         with self._transaction(deadline) as conn:
+            self._begin(conn, deadline)
             tables = []
-            for qualified, (_, _, kind, _, oid, _) in self._objects(conn).items():
+            for qualified, found in self._objects(conn).items():
                 if deadline.passed() or len(tables) >= MAX_LIST_ENTRIES:
                     break
-                columns = [f"{c} {t}" for c, t, *_ in conn.execute(PG_COLUMNS, (oid,))]
-                tables.append({"name": qualified, "type": kind, "columns": columns})
+                columns = [f"{c} {t}" for c, t, *_ in conn.execute(PG_COLUMNS, (found[4],))]
+                tables.append({"name": qualified, "type": found[2], "columns": columns})
             return {"tables": tables}, b""
 
 
@@ -840,7 +1177,7 @@ def _explain_postgres(exc: Exception, deadline: Deadline, lost: bool) -> QueryRe
     sqlstate = getattr(exc, "sqlstate", None)
     diag = getattr(exc, "diag", None)
     text = (diag.message_primary if diag is not None and diag.message_primary else str(exc)).strip()
-    if sqlstate == "25006":  # read_only_sql_transaction
+    if sqlstate == "25006" or "data-modifying" in text:  # a read-only transaction, or a cursor, refused a write
         return QueryRefused(f"only read-only statements are allowed: {text}; this server can only read")
     if sqlstate == "57014":  # query_canceled: statement_timeout, or our cancel at the deadline or on request
         return deadline.missed()
@@ -1079,8 +1416,14 @@ def serve_worker(stdin: BinaryIO, stdout: BinaryIO) -> None:
         return
     _limit_resources(opening["memory_bytes"], opening["file_bytes"])
     write_frame(stdout, {"ok": True, "pid": os.getpid()})
-    operations = engine.operations()
-    while (frame := read_frame(stdin)) is not None:
+    operations, results = engine.operations(), getattr(engine, "results", None)
+    while True:
+        # While results are open, wake up to release each one that expires, even with no call coming.
+        if results is not None and (wait := results.next_expiry()) is not None and not _readable(stdin, wait):
+            results.sweep()
+            continue
+        if (frame := read_frame(stdin)) is None:
+            break
         request, _ = frame
         cancelled.clear()
         deadline = Deadline(request.get("timeout", 5.0), cancelled, stated=request.get("deadline"))
@@ -1112,11 +1455,27 @@ def write_frame(stream: BinaryIO, header: dict[str, Any], body: bytes = b"") -> 
 
 
 def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
-    lengths = stream.read(FRAME.size)
+    """One frame from an unbuffered stream (so that select() sees what is left), or None at its end."""
+    lengths = _read_exactly(stream, FRAME.size)
     if len(lengths) < FRAME.size:
         return None
     header_size, body_size = FRAME.unpack(lengths)
-    return json.loads(stream.read(header_size)), stream.read(body_size)
+    return json.loads(_read_exactly(stream, header_size)), _read_exactly(stream, body_size)
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size and (chunk := stream.read(size - len(data))):
+        data += chunk
+    return bytes(data)
+
+
+def _readable(stream: BinaryIO, timeout: float) -> bool:
+    """Whether input arrives within `timeout` seconds."""
+    try:
+        return bool(select.select([stream], [], [], timeout)[0])
+    except (OSError, ValueError):  # Windows cannot wait on a pipe: results expire at the next call instead
+        return True
 
 
 def _limit_resources(memory_bytes: int, file_bytes: int) -> None:
@@ -1163,7 +1522,7 @@ def configure_logging(level: str) -> None:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == [WORKER_FLAG]:  # a worker needs nothing below this line
-    serve_worker(sys.stdin.buffer, sys.stdout.buffer)
+    serve_worker(sys.stdin.buffer.raw, sys.stdout.buffer)  # type: ignore[attr-defined]
     sys.exit(0)
 
 
@@ -1172,6 +1531,7 @@ if __name__ == "__main__" and sys.argv[1:2] == [WORKER_FLAG]:  # a worker needs 
 
 import argparse
 import asyncio
+import collections
 import gc
 import hmac
 import ipaddress
@@ -1250,6 +1610,10 @@ class Settings(BaseSettings):
     worker_memory_mb: int = Field(
         128, ge=32, le=16384, description="Memory each worker process may use beyond its own start-up, in MiB"
     )
+    max_open_results: int = Field(
+        16, ge=1, le=1000, description="Paged results held open at once, each on its own connection (its snapshot)"
+    )
+    result_idle_s: int = Field(120, ge=5, le=3600, description="Seconds a paged result stays open unread")
 
     @field_validator("db_path")
     @classmethod
@@ -1343,6 +1707,7 @@ class QueryResult(BaseModel):
     row_count: int = Field(description="Rows in this page")
     truncated: bool = Field(description="True when more rows remain: pass next_cursor to continue")
     next_cursor: str | None = Field(None, description="Cursor for the next page, when truncated")
+    note: str | None = Field(None, description="Why a truncated result has no next_cursor, when it has none")
     elapsed_ms: float = Field(description="Time the database spent on this page")
 
 
@@ -1354,15 +1719,34 @@ class AskResult(BaseModel):
     result: QueryResult
 
 
-class TableSummary(BaseModel):
+class RowCount(BaseModel):
+    row_count: int | None = Field(description="The number of rows: exact or estimated, see row_count_kind")
+    row_count_kind: Literal["exact", "estimate", "unknown"]
+    row_count_note: str | None = Field(description="Where an estimate comes from, or why there is no count")
+
+
+class TableSummary(RowCount):
     name: str
     type: Literal["table", "view"]
-    row_count: int | None = Field(description="None when counting took longer than the deadline")
 
 
 class TableList(BaseModel):
     tables: list[TableSummary]
-    truncated: bool = Field(False, description="True when there are more tables than one answer lists")
+    total: int = Field(description="Tables and views whose names match the pattern")
+    truncated: bool = Field(description="True when more match than this answer lists: pass next_offset")
+    next_offset: int | None = Field(None, description="The offset that lists the next ones, when truncated")
+
+
+class ColumnMatch(BaseModel):
+    table: str
+    column: str
+    type: str
+
+
+class SchemaMatches(BaseModel):
+    tables: list[str] = Field(description="Tables and views whose names match")
+    columns: list[ColumnMatch] = Field(description="Columns whose names match, with their table and type")
+    truncated: bool = Field(description="True when there are more matches: narrow the pattern")
 
 
 class ColumnInfo(BaseModel):
@@ -1385,13 +1769,12 @@ class IndexInfo(BaseModel):
     unique: bool
 
 
-class TableDescription(BaseModel):
+class TableDescription(RowCount):
     name: str
     type: Literal["table", "view"]
     columns: list[ColumnInfo]
     foreign_keys: list[ForeignKey]
     indexes: list[IndexInfo]
-    row_count: int | None
     create_sql: str | None
 
 
@@ -1410,7 +1793,11 @@ class FileEntry(BaseModel):
 
 class FileList(BaseModel):
     entries: list[FileEntry]
-    truncated: bool = Field(description="True when the listing stopped at its entry or time limit")
+    truncated: bool = Field(description="True when the listing stopped early: see stopped_by and next_offset")
+    stopped_by: Literal["entry limit", "deadline"] | None = Field(
+        None, description="What stopped it: narrow the pattern or the folder, or pass next_offset to go on"
+    )
+    next_offset: int | None = Field(None, description="The offset that lists the next entries, when truncated")
 
 
 # --- Paths: listing folders -------------------------------------------------------------------
@@ -1469,14 +1856,16 @@ def _segment_regex(segment: str) -> str:
     return head + "".join(f"(?>.*?{chunk})" for chunk in middle if chunk) + ".*" + out
 
 
-def list_entries(root: Path, folder: Path, pattern: str, deadline: Deadline) -> FileList:
-    """Entries under `folder` matching `pattern`, never following a symlink, bounded in count and time."""
+def list_entries(root: Path, folder: Path, pattern: str, deadline: Deadline, offset: int = 0) -> FileList:
+    """Entries under `folder` matching `pattern` (after the first `offset` of them, in a fixed order:
+    by name, folder by folder), never following a symlink, bounded in count and time."""
     matcher = glob_matcher(pattern)
     depth = None if "**" in pattern else pattern.count("/") + 1
     entries: list[FileEntry] = []
-    pending = [(folder, "", 1)]
+    matched = 0
+    pending = collections.deque([(folder, "", 1)])
     while pending:
-        directory, prefix, level = pending.pop(0)
+        directory, prefix, level = pending.popleft()
         try:
             with os.scandir(directory) as scan:
                 children = sorted(scan, key=lambda e: e.name)
@@ -1485,12 +1874,16 @@ def list_entries(root: Path, folder: Path, pattern: str, deadline: Deadline) -> 
                 raise PathRefused(f"cannot read that folder: {exc.strerror}") from None
             continue  # a subfolder unreadable or vanished meanwhile: list what can be listed
         for child in children:
-            if deadline.passed() or len(entries) >= MAX_LIST_ENTRIES:
-                return FileList(entries=entries, truncated=True)
             name = prefix + child.name
-            if matcher(name):
-                with contextlib.suppress(OSError, OverflowError, ValueError):  # vanished, or a wild mtime
-                    entries.append(_entry(root, child))
+            stopped_by = "deadline" if deadline.passed() else None
+            if matcher(name) and (matched := matched + 1) > offset:
+                if len(entries) >= MAX_LIST_ENTRIES:
+                    stopped_by = "entry limit"
+                elif stopped_by is None:
+                    with contextlib.suppress(OSError, OverflowError, ValueError):  # vanished, or a wild mtime
+                        entries.append(_entry(root, child))
+            if stopped_by:
+                return FileList(entries=entries, truncated=True, stopped_by=stopped_by, next_offset=matched - 1)
             if (depth is None or level < depth) and child.is_dir(follow_symlinks=False):
                 pending.append((Path(child.path), name + "/", level + 1))
     return FileList(entries=entries, truncated=False)
@@ -1523,10 +1916,14 @@ class WorkerLost(Exception):
 class Worker:
     """The parent's handle on one worker process (serve_worker describes what they say to each other)."""
 
+    started = itertools.count(1)  # each worker's id, which page cursors name
+
     def __init__(self, process: Process):
         self.process = process
         assert process.stdout is not None
         self.replies = BufferedByteReceiveStream(process.stdout)
+        self.id = next(Worker.started)
+        self.busy = False  # running a call
         self.opened = False  # whether the reply to the opening frame has been read
         self.backend: int | None = None  # its PostgreSQL session, ended for it if it has to be killed
 
@@ -1581,19 +1978,17 @@ class Worker:
 
 
 class PendingCall:
-    """One call's exchange with a worker, which the call can cut short but never leave half read."""
+    """One call's exchange with its worker, which the call can cut short but never leave half read."""
 
-    def __init__(self, deadline: Deadline):
-        self.deadline = deadline
-        self.worker: Worker | None = None
+    def __init__(self, deadline: Deadline, worker: Worker):
+        self.deadline, self.worker = deadline, worker
         self.limit = anyio.CancelScope()  # the exchange's own time limit, set when it starts
         self.outcome: tuple[dict[str, Any], bytes] | BaseException = RuntimeError("no outcome")
         self.done = anyio.Event()
 
     def abandon(self) -> None:
         """The caller is gone: stop the statement, and wait at most GRACE_S more for the worker."""
-        if self.worker is not None:
-            self.worker.interrupt()
+        self.worker.interrupt()
         self.limit.deadline = min(self.limit.deadline, anyio.current_time() + GRACE_S)
 
 
@@ -1601,79 +1996,106 @@ class WorkerPool:
     """Up to `size` worker processes doing one job: reading the database, or parsing JSON files.
 
     A call waits for a free worker until its deadline and then gets a clear "busy" error: the queue
-    is as long as the callers' patience, never longer. Its exchange with the worker is shielded from
-    cancellation, so a cancelled caller interrupts the statement but never leaves a reply half read.
-    A worker that has not answered by the deadline plus GRACE_S is killed, and another takes its
-    place (and ends the killed one's PostgreSQL session, which might be looping in a statement that
-    swallows cancels). Workers start as calls need them; a warm pool starts its first at once.
+    is as long as the callers' patience, never longer. A call that continues an open result waits for
+    the worker holding it. The exchange is shielded from cancellation, so a cancelled caller
+    interrupts the statement but never leaves a reply half read. A worker that has not answered by
+    the deadline plus GRACE_S is killed, and another takes its place (ending the killed one's
+    PostgreSQL session, which might be looping in a statement that swallows cancels). Workers start
+    as calls need them; a warm pool starts its first at once.
     """
 
     def __init__(self, job: str, opening: dict[str, Any], size: int, busy_hint: str = ""):
         self.job, self.opening, self.size, self.busy_hint = job, opening, size, busy_hint
-        self.idle: list[Worker] = []
+        self.workers: list[Worker] = []
+        self.starting = 0  # workers being launched, counted against `size` already
         self.stale_backends: list[int] = []  # PostgreSQL sessions of killed workers, for the next to end
-        self.slots: anyio.Semaphore | None = None
+        self.freed: anyio.Event | None = None  # set, and replaced, whenever a worker comes free
 
     @contextlib.asynccontextmanager
     async def running(self, warm: bool = False) -> AsyncIterator[WorkerPool]:
         """The pool's lifetime: the server's. Every worker is stopped when it ends."""
-        self.slots = anyio.Semaphore(self.size)
+        self.freed = anyio.Event()
         try:
             if warm:
-                self.idle.append(await self._launch())
+                self.workers.append(await self._launch())
             yield self
         finally:
-            self.slots = None  # workers still busy are stopped when their exchange ends
-            idle, self.idle = self.idle, []
-            for worker in idle:
+            self.freed = None  # workers still busy are stopped when their exchange ends
+            for worker in [w for w in self.workers if not w.busy]:
+                self.workers.remove(worker)
                 await worker.stop()
 
-    async def call(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
-        """One request to a free worker: its reply and body, or QueryRefused for what the caller can fix."""
-        slots = self.slots
-        if slots is None:
+    async def call(
+        self, request: dict[str, Any], deadline: Deadline, worker_id: int | None = None
+    ) -> tuple[dict[str, Any], bytes]:
+        """One request to a free worker (or to worker `worker_id`, which holds what it continues): its
+        reply, which names the worker, and body; or QueryRefused for what the caller can fix."""
+        if self.freed is None:
             raise RuntimeError(f"the {self.job} workers are not running: call within the server's lifespan")
-        try:
-            with anyio.fail_after(deadline.remaining()):
-                await slots.acquire()
-        except TimeoutError:
+        pending = PendingCall(deadline, await self._take(deadline, worker_id))
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._exchange, request, pending)
+            try:
+                await pending.done.wait()
+            except anyio.get_cancelled_exc_class():
+                pending.abandon()
+                raise
+        if isinstance(pending.outcome, BaseException):
+            raise pending.outcome
+        reply, body = pending.outcome
+        return {**reply, "worker": pending.worker.id}, body
+
+    async def _take(self, deadline: Deadline, worker_id: int | None) -> Worker:
+        """A free worker, marked busy: an idle one, a new one while the pool is not full, or the one asked
+        for; waiting for one to come free until the deadline."""
+        while True:
+            if worker_id is None:
+                worker = next((w for w in self.workers if not w.busy), None)
+                if worker is None and len(self.workers) + self.starting < self.size:
+                    self.starting += 1
+                    try:
+                        worker = await self._launch()
+                    finally:
+                        self.starting -= 1
+                    self.workers.append(worker)
+            else:
+                worker = next((w for w in self.workers if w.id == worker_id), None)
+                if worker is None:
+                    raise QueryRefused(RESULT_GONE)
+                worker = None if worker.busy else worker
+            if worker is not None:
+                worker.busy = True
+                return worker
+            assert self.freed is not None
+            with anyio.move_on_after(deadline.remaining()):
+                await self.freed.wait()
+                continue
             raise QueryRefused(
                 f"the server is busy: all {self.size} {self.job} workers are running other calls;"
                 f" try again in a moment{self.busy_hint}"
-            ) from None
-        pending = PendingCall(deadline)
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._exchange, request, pending)
-                try:
-                    await pending.done.wait()
-                except anyio.get_cancelled_exc_class():
-                    pending.abandon()
-                    raise
-        finally:
-            slots.release()
-        if isinstance(pending.outcome, BaseException):
-            raise pending.outcome
-        return pending.outcome
+            )
+
+    def _come_free(self, worker: Worker) -> None:
+        worker.busy = False
+        if self.freed is not None:
+            self.freed.set()
+            self.freed = anyio.Event()
 
     async def _exchange(self, request: dict[str, Any], pending: PendingCall) -> None:
-        deadline, worker = pending.deadline, None
+        deadline, worker, keep = pending.deadline, pending.worker, False
         with anyio.CancelScope(shield=True):
             try:
                 pending.limit.deadline = anyio.current_time() + deadline.remaining() + GRACE_S
                 with pending.limit:
-                    worker = pending.worker = self.idle.pop() if self.idle else await self._launch()
                     timing = {"timeout": deadline.remaining(), "deadline": deadline.seconds}
                     reply, body = await worker.exchange({**request, **timing})
                     pending.outcome = _outcome(self.job, reply, body)
-                    if self.slots is not None:  # still running: the worker waits for the next call
-                        self.idle.append(worker)
-                        worker = None
+                    keep = self.freed is not None  # while the pool runs, the worker waits for the next call
                 if pending.limit.cancelled_caught:  # no answer in time: killed below, whatever it was doing
                     log.warning("a %s worker had not answered %s s past its deadline: killed", self.job, GRACE_S)
                     pending.outcome = deadline.missed()
             except (WorkerLost, OSError) as exc:
-                if worker is None or not worker.opened:  # it never started: no interpreter, or no driver
+                if not worker.opened:  # it never started: no interpreter, or no driver
                     pending.outcome = RuntimeError(f"could not start a {self.job} worker: {exc}")
                 else:
                     log.warning("a %s worker stopped without answering (%s): out of memory, or crashed", self.job, exc)
@@ -1682,7 +2104,9 @@ class WorkerPool:
                         " (MCP_WORKER_MEMORY_MB); narrow it, or select fewer, smaller columns"
                     )
             finally:
-                if worker is not None:
+                if keep:
+                    self._come_free(worker)
+                else:
                     await self._discard(worker)
                 pending.done.set()
 
@@ -1695,13 +2119,16 @@ class WorkerPool:
         return await Worker.launch(self.job, opening)
 
     async def _discard(self, worker: Worker) -> None:
-        """Kill a worker, and start its replacement while the pool runs, so the next call finds it warm."""
+        """Kill a worker (and with it the results it held open), starting its replacement while the pool
+        runs, so the next call finds it warm."""
+        self.workers.remove(worker)
         await worker.stop()
         if worker.backend is not None:
             self.stale_backends.append(worker.backend)
-        if self.slots is not None:
+        if self.freed is not None:
             with contextlib.suppress(OSError):
-                self.idle.append(await self._launch())
+                self.workers.append(await self._launch())
+            self._come_free(worker)  # wakes whoever waits: there is a worker, or room for one
 
 
 def _outcome(job: str, reply: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes] | BaseException:
@@ -1933,6 +2360,10 @@ ASK_SYSTEM_PROMPT = (
     " no prose, no code fences, no semicolon-separated extras."
 )
 MAX_SCHEMA_CHARS = 20_000  # the schema a sampling request carries: enough for a few hundred columns
+OTHER_PROCESS = (
+    "this cursor's result is held open by another server process (several are serving behind a load"
+    " balancer); rerun the query, or send each client's calls to one process"
+)
 READ_TIMEOUT_S = 10.0  # an HTTP request's head, and each piece of its body, must arrive within this
 MAX_CONNECTIONS = 128  # open HTTP connections and streams; a request past it gets 503 at once
 MAX_SESSIONS = 100  # live MCP sessions over streamable HTTP; a new one past it gets 503
@@ -2062,9 +2493,14 @@ def database_opening(settings: Settings) -> tuple[dict[str, Any], str, str]:
     """The first frame of a database worker (see serve_worker), the dialect, and a label for the log."""
     memory = settings.worker_memory_mb * 2**20
     common = {"memory_bytes": memory, "file_bytes": MAX_TEMP_FILE_BYTES, "log_level": settings.log_level}
+    held = {
+        "open_results": -(-settings.max_open_results // settings.pool_size),
+        "result_idle_s": settings.result_idle_s,
+    }
     if settings.database_url is None:
         assert settings.db_path
-        config = {"path": settings.db_path.as_posix(), "heap_limit": memory // 2}
+        config = {"path": settings.db_path.as_posix(), "heap_limit": memory // 2, **held}
+        config["exact_count_bytes"] = EXACT_COUNT_BYTES
         return {"engine": "sqlite", "config": config, **common}, "SQLite", str(settings.db_path)
     try:  # imported only when a PostgreSQL URL is given: the extra is optional
         import psycopg
@@ -2089,7 +2525,8 @@ def database_opening(settings: Settings) -> tuple[dict[str, Any], str, str]:
         application_name=given.get("application_name", SERVER_NAME),
     )
     label = f"PostgreSQL database {given.get('dbname', '?')} on {given.get('host', 'localhost')}"
-    return {"engine": "postgres", "config": {"conninfo": conninfo, "timeout_ms": ms}, **common}, "PostgreSQL", label
+    config = {"conninfo": conninfo, "timeout_ms": ms, **held}
+    return {"engine": "postgres", "config": config, **common}, "PostgreSQL", label
 
 
 class DataService:
@@ -2111,6 +2548,7 @@ class DataService:
             settings.cursor_secret.get_secret_value().encode() if settings.cursor_secret else secrets.token_bytes(32)
         )
         self.cursors = CursorCodec(secret)
+        self.instance = secrets.token_hex(8)  # names this process in cursors to results its workers hold
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _server: FastMCP) -> AsyncIterator[dict[str, Any]]:
@@ -2118,10 +2556,13 @@ class DataService:
         async with self.database.running(warm=True), self.files.running():
             yield {}
 
-    async def on_database(self, ctx: Context | None, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    async def on_database(
+        self, ctx: Context | None, request: dict[str, Any], worker_id: int | None = None
+    ) -> tuple[dict[str, Any], bytes]:
         """One request to a database worker within the deadline, reporting progress while it runs."""
         try:
-            return await reporting_progress(ctx, self.timeout_s, self.database.call(request, Deadline(self.timeout_s)))
+            work = self.database.call(request, Deadline(self.timeout_s), worker_id)
+            return await reporting_progress(ctx, self.timeout_s, work)
         except QueryRefused as exc:
             if ctx is not None:
                 await ctx.warning(f"refused: {exc}")
@@ -2137,57 +2578,55 @@ class DataService:
                 state = self.cursors.decode(cursor)
             except QueryRefused as exc:
                 raise ToolError(str(exc)) from None
-            return answer(*await self.page(ctx, state["q"], state["p"], max_rows or state["n"], state["o"], state["f"]))
+            rows = max_rows or state["n"]
+            if "r" in state:  # a result one of this process's workers holds open
+                if state["i"] != self.instance:
+                    raise ToolError(OTHER_PROCESS)
+                request = {"op": "next", "result": state["r"], "max_rows": rows}
+                return answer(*await self.page(ctx, request, state["o"], worker_id=state["w"]))
+            request = {"op": "query", "sql": state["q"], "params": state["p"], "max_rows": rows}
+            return answer(*await self.page(ctx, {**request, "skip": state["o"], "version": state["f"]}, state["o"]))
         if not query.strip():
             raise ToolError("give a SQL query, or a cursor to continue a previous result")
-        return answer(*await self.page(ctx, query, params, max_rows or self.settings.max_rows))
+        request = {"op": "query", "sql": query, "params": params, "max_rows": max_rows or self.settings.max_rows}
+        return answer(*await self.page(ctx, request))
 
     async def page(
         self,
         ctx: Context | None,
-        sql: str,
-        params: Any,
-        max_rows: int,
-        skip: int = 0,
-        version: str | None = None,
+        request: dict[str, Any],
+        offset: int = 0,
+        worker_id: int | None = None,
         reserve: int = 0,
     ) -> tuple[str, dict[str, Any]]:
-        """One page of a statement's rows, as the text and the structure of a QueryResult."""
+        """One page of a statement's rows, as the text and the structure of a QueryResult, with the
+        cursor to the next: to the result a worker holds open, or to run the statement again."""
+        sql, params = request.get("sql", ""), request.get("params")
         params_size = len(json.dumps(params)) if params is not None else 0
         if params_size > MAX_PARAMS_BYTES:
             raise ToolError(f"the parameters are {params_size} bytes of JSON; at most {MAX_PARAMS_BYTES} are taken")
-        # Besides its rows, a page carries its cursor, which holds the query and parameters again.
+        # Besides its rows, a page carries its cursor, which may hold the query and parameters again.
         reserve += REPLY_OVERHEAD_BYTES + 8 * len(sql) + 4 * params_size
-        request = {
-            "op": "query",
-            "sql": sql,
-            "params": params,
-            "max_rows": max_rows,
-            "skip": skip,
-            "version": version,
-            "budget": MAX_REPLY_BYTES - reserve,
-        }
         started = time.perf_counter()
-        reply, body = await self.on_database(ctx, request)
+        reply, body = await self.on_database(ctx, {**request, "budget": MAX_REPLY_BYTES - reserve}, worker_id)
         elapsed = round((time.perf_counter() - started) * 1000, 2)
-        count, cursor = reply["row_count"], None
+        count, cursor, note = reply["row_count"], None, None
         if reply["more"]:
-            state = {
-                "q": sql,
-                "p": params,
-                "n": max_rows,
-                "o": skip + count,
-                "f": reply["version"],
-                "expires": time.time() + CURSOR_TTL_S,
-            }
-            cursor = self.cursors.encode(state)
+            state = {"n": request["max_rows"], "o": offset + count, "expires": time.time() + CURSOR_TTL_S}
+            if reply.get("result"):
+                cursor = self.cursors.encode({**state, "w": reply["worker"], "r": reply["result"], "i": self.instance})
+            elif reply.get("version"):
+                cursor = self.cursors.encode({**state, "q": sql, "p": params, "f": reply["version"]})
+            else:
+                note = "PostgreSQL cannot hold the rows of EXPLAIN or SHOW for a next page: raise max_rows"
             if ctx is not None:
-                await ctx.info(f"showing rows {skip + 1}-{skip + count}; more remain behind next_cursor")
+                await ctx.info(f"showing rows {offset + 1}-{offset + count}; more remain behind next_cursor")
         fields = {
             "columns": reply["columns"],
             "row_count": count,
             "truncated": reply["more"],
             "next_cursor": cursor,
+            "note": note,
             "elapsed_ms": elapsed,
         }
         return spliced(fields, "rows", body.decode(), json.loads(body))
@@ -2218,15 +2657,28 @@ class DataService:
         if not sql:
             raise ToolError("the client's model gave no SQL for that question; rephrase it")
         await ctx.info(f"ask_database runs: {sql}")
-        page_text, page = await self.page(
-            ctx, sql, None, self.settings.max_rows, reserve=8 * (len(question) + len(sql))
-        )
+        request = {"op": "query", "sql": sql, "params": None, "max_rows": self.settings.max_rows}
+        page_text, page = await self.page(ctx, request, reserve=8 * len(question))
         return answer(*spliced({"question": question, "sql": sql}, "result", page_text, page))
 
-    async def tables(self) -> TableList:
-        reply, _ = await self.on_database(None, {"op": "list_tables"})
-        summaries = [TableSummary(**table) for table in reply["tables"]]
-        return TableList(tables=summaries[:MAX_LIST_ENTRIES], truncated=len(summaries) > MAX_LIST_ENTRIES)
+    async def tables(self, pattern: str = "*", schema: str | None = None, offset: int = 0) -> TableList:
+        request = {
+            "op": "list_tables",
+            "pattern": pattern,
+            "schema": schema,
+            "offset": offset,
+            "limit": MAX_LIST_ENTRIES,
+        }
+        reply, _ = await self.on_database(None, request)
+        shown, total = len(reply["tables"]), reply["total"]
+        more = offset + shown < total
+        return TableList(
+            tables=reply["tables"], total=total, truncated=more, next_offset=offset + shown if more else None
+        )
+
+    async def search(self, pattern: str) -> SchemaMatches:
+        reply, _ = await self.on_database(None, {"op": "search", "pattern": pattern, "limit": MAX_LIST_ENTRIES})
+        return SchemaMatches.model_validate(reply)
 
     async def describe(self, name: str) -> TableDescription:
         reply, _ = await self.on_database(None, {"op": "describe_table", "name": name})
@@ -2249,12 +2701,12 @@ class DataService:
             raise ToolError(str(exc)) from None
         return answer(*spliced({"path": reply["path"], "pointer": pointer}, "value", body.decode(), json.loads(body)))
 
-    async def list_files(self, directory: str, pattern: str) -> FileList:
+    async def list_files(self, directory: str, pattern: str, offset: int = 0) -> FileList:
         def work() -> FileList:
             folder = confine(self.files_root, directory)
             if not folder.is_dir():
                 raise PathRefused(f"{directory!r} is not a folder under the files root")
-            return list_entries(self.files_root, folder, pattern, Deadline(self.timeout_s))
+            return list_entries(self.files_root, folder, pattern, Deadline(self.timeout_s), offset)
 
         try:
             return await anyio.to_thread.run_sync(work)
@@ -2336,9 +2788,28 @@ def create_server(settings: Settings) -> FastMCP:
         return await service.ask(ctx, question)
 
     @mcp.tool(annotations=READ_ONLY)
-    async def list_tables() -> TableList:
-        """Every table and view in the database, with its row count (same as schema://tables)."""
-        return await service.tables()
+    async def list_tables(
+        pattern: Annotated[str, Field(min_length=1, max_length=200)] = "*",
+        schema: Annotated[str, Field(min_length=1, max_length=200)] | None = None,
+        offset: Annotated[int, Field(ge=0)] = 0,
+    ) -> TableList:
+        """The tables and views of the database with their row counts, up to 1,000 per answer.
+
+        Args:
+            pattern: Glob over names, without regard to case: "*" all, "order*", "*_log".
+            schema: PostgreSQL only: list this schema's tables alone.
+            offset: Skip this many matching tables: the next_offset of a truncated answer.
+        """
+        return await service.tables(pattern, schema, offset)
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def search_schema(pattern: Annotated[str, Field(min_length=1, max_length=200)]) -> SchemaMatches:
+        """Find tables and columns by name in a big schema.
+
+        Args:
+            pattern: Glob over table and column names, without regard to case: "*email*", "customer_id".
+        """
+        return await service.search(pattern)
 
     @mcp.tool(annotations=READ_ONLY)
     async def describe_table(table: Annotated[str, Field(min_length=1, max_length=1000)]) -> TableDescription:
@@ -2366,15 +2837,17 @@ def create_server(settings: Settings) -> FastMCP:
     async def list_files(
         directory: Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS)] = ".",
         pattern: Annotated[str, Field(min_length=1, max_length=1000)] = "*",
+        offset: Annotated[int, Field(ge=0)] = 0,
     ) -> FileList:
-        """List entries under a folder of the files root that match a glob pattern.
+        """List entries under a folder of the files root that match a glob pattern, up to 1,000 per answer.
 
         Args:
             directory: Folder relative to the files root; "." is the root itself.
             pattern: Glob over paths relative to that folder: "*" its entries, "*.json" its JSON
                 files, "**/*.json" JSON files at any depth. Symlinks are listed, never followed.
+            offset: Skip this many matching entries: the next_offset of a truncated answer.
         """
-        return await service.list_files(directory, pattern)
+        return await service.list_files(directory, pattern, offset)
 
     @mcp.resource("config://app/settings", mime_type="application/json")
     def app_settings() -> str:
