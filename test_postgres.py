@@ -600,13 +600,20 @@ async def test_transaction_tricks_do_not_outlive_their_call(make_server, unchang
 @pytest.mark.parametrize(
     ("first", "check", "expected"),
     [
-        ("SELECT set_config('statement_timeout', '0', false)", "SELECT current_setting('statement_timeout') <> '0'",
-         True),
+        (
+            "SELECT set_config('statement_timeout', '0', false)",
+            "SELECT current_setting('statement_timeout') <> '0'",
+            True,
+        ),
         ("SET statement_timeout = 0", "SELECT current_setting('statement_timeout') <> '0'", True),
         ("SET search_path = archive", "SELECT count(*)::text FROM books", "3"),
         ("SELECT set_config('search_path', 'archive', false)", "SELECT count(*)::text FROM books", "3"),
         ("PREPARE sneaky AS SELECT 1", "SELECT count(*)::text FROM pg_prepared_statements", "0"),
-        ("DECLARE held CURSOR WITH HOLD FOR SELECT 1", "SELECT count(*)::text FROM pg_cursors WHERE name = 'held'", "0"),
+        (
+            "DECLARE held CURSOR WITH HOLD FOR SELECT 1",
+            "SELECT count(*)::text FROM pg_cursors WHERE name = 'held'",
+            "0",
+        ),
         ("LISTEN library_events", "SELECT count(*)::text FROM pg_listening_channels()", "0"),
     ],
 )
@@ -852,3 +859,110 @@ async def test_stateless_http_processes_behind_a_load_balancer(library, files_ro
             assert (await call(client, "read_json", filepath="nested/item.json"))["value"] == {"id": 7}
             assert "only read-only" in await error_of(client, "query_database", query="DELETE FROM books")
     assert set(balancer.served) == set(ports) and len(balancer.served) >= 8
+
+
+# --- Big, busy databases: pages from one snapshot, counts that stay fast ------------------------------
+
+
+@pytest.fixture(scope="session")
+def big(library: Library) -> Iterator[str]:
+    """A database of its own (the `unchanged` snapshots would read it all) with `events`: 1,000,000 rows,
+    ~70 MB, big enough for synchronized sequential scans; as the owner's URL."""
+    database = f"{library.database}_big"
+    admin = urllib.parse.urlsplit(library.admin)
+    owner = urllib.parse.urlsplit(library.owner)
+    with psycopg.connect(library.admin.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database} OWNER {owner.username}")
+    url = urllib.parse.urlunsplit(owner._replace(path=f"/{database}"))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE events (id int PRIMARY KEY, payload text NOT NULL)")
+        conn.execute("INSERT INTO events SELECT g, md5(g::text) FROM generate_series(1, 1000000) g")
+        conn.execute("CREATE TABLE tiny (x int)")
+        conn.execute("INSERT INTO tiny VALUES (1), (2), (3)")
+        conn.execute("ANALYZE")
+    try:
+        yield url
+    finally:
+        with psycopg.connect(urllib.parse.urlunsplit(admin._replace(path="/postgres")), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+SCANNER = """
+import psycopg, sys
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    print("scanning", flush=True)
+    while True:  # another session's full scans: a rerun query would join them mid-table
+        conn.execute("SELECT count(*) FROM events WHERE payload LIKE '%zz%'").fetchone()
+"""
+
+
+async def test_a_million_rows_without_order_by_page_exactly_once_while_another_session_scans(big, files_root, tmp_path):
+    with subprocess.Popen([PYTHON, "-c", SCANNER, big], stdout=subprocess.PIPE, text=True) as scanner:
+        try:
+            assert scanner.stdout.readline().strip() == "scanning"
+            server = create_server(Settings(database_url=big, files_root=files_root, query_timeout_ms=20_000))
+            async with Client(server) as client:
+                page = await call(client, "query_database", query="SELECT id FROM events", max_rows=100_000)
+                ids, costs = [row[0] for row in page["rows"]], []
+                while page["truncated"]:
+                    page = await call(client, "query_database", cursor=page["next_cursor"])
+                    ids += [row[0] for row in page["rows"]]
+                    costs.append(page["elapsed_ms"])
+        finally:
+            scanner.kill()
+    assert len(ids) == 1_000_000 and len(set(ids)) == 1_000_000  # none skipped, none repeated
+    assert len(costs) == 9
+    second, last = sorted(costs[:3])[1], sorted(costs[-3:])[1]  # medians of three: one slow page is noise
+    assert last <= 2 * second + 100, costs  # the last pages cost what the second does
+
+
+async def test_an_open_result_holds_its_snapshot_only_until_it_is_read(big, files_root):
+    def open_transactions() -> int:
+        with psycopg.connect(big, autocommit=True) as conn:
+            return conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state = 'idle in transaction' AND backend_xmin IS NOT NULL"
+            ).fetchone()[0]
+
+    async with Client(create_server(Settings(database_url=big, files_root=files_root))) as client:
+        page = await call(client, "query_database", query="SELECT x FROM tiny", max_rows=2)
+        assert page["truncated"] and open_transactions() == 1  # the snapshot the next page comes from
+        last = await call(client, "query_database", cursor=page["next_cursor"])
+        assert last["rows"] == [[3]] and not last["truncated"]
+        assert open_transactions() == 0  # read to the end: released at once
+        assert "no longer open" in await error_of(client, "query_database", cursor=page["next_cursor"])
+
+
+async def test_big_tables_are_estimated_and_small_ones_counted(big, files_root):
+    async with Client(create_server(Settings(database_url=big, files_root=files_root))) as client:
+        tables = {t["name"]: t for t in (await call(client, "list_tables"))["tables"]}
+        described = await call(client, "describe_table", table="events")
+    events, tiny = tables["public.events"], tables["public.tiny"]
+    assert events["row_count_kind"] == "estimate" and abs(events["row_count"] - 1_000_000) < 50_000
+    assert "reltuples" in events["row_count_note"]
+    assert (tiny["row_count"], tiny["row_count_kind"]) == (3, "exact")
+    assert described["row_count_kind"] == "estimate"
+
+
+async def test_sixteen_concurrent_list_tables_all_answer_with_counts(big, files_root):
+    async with Client(create_server(Settings(database_url=big, files_root=files_root))) as client:
+        answers = await asyncio.gather(*(call(client, "list_tables") for _ in range(16)))
+    for answer in answers:
+        assert {t["name"]: t["row_count_kind"] for t in answer["tables"]} == {
+            "public.events": "estimate",
+            "public.tiny": "exact",
+        }
+
+
+async def test_list_tables_filters_by_schema_and_name(make_server):
+    async with Client(make_server()) as client:
+        archive = await call(client, "list_tables", schema="archive")
+        books = await call(client, "list_tables", pattern="BOOK*")
+        found = await call(client, "search_schema", pattern="title")
+    assert [t["name"] for t in archive["tables"]] == ["archive.books"]
+    assert [t["name"] for t in books["tables"]] == ["archive.books", "public.book_titles", "public.books"]
+    assert {(c["table"], c["column"]) for c in found["columns"]} == {
+        ("archive.books", "title"),
+        ("public.book_titles", "title"),
+        ("public.books", "title"),
+    }

@@ -2417,3 +2417,165 @@ async def test_list_tables_is_bounded(tmp_path, files_root, monkeypatch):
     async with Client(create_server(Settings(db_path=db, files_root=files_root))) as client:
         result = await call(client, "list_tables")
     assert [t["name"] for t in result["tables"]] == ["t0", "t1", "t2"] and result["truncated"] is True
+
+
+# --- Big, busy databases: pages from one snapshot, counts that say what they are, listings that go on --
+
+
+def wal_database(path: Path, rows: int) -> Path:
+    """A WAL database with `items` (ids 1..rows) and an `other` table, closed cleanly (no -wal file)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT)")
+        conn.execute("CREATE TABLE other (x)")
+        conn.executemany("INSERT INTO items VALUES (?, 'first')", ((i,) for i in range(1, rows + 1)))
+        conn.commit()
+    assert not Path(f"{path}-wal").exists()
+    return path
+
+
+WRITER = """
+import random, sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], timeout=10)
+next_id = int(sys.argv[2]) + 1
+print("writing", flush=True)
+while True:  # what an application does meanwhile: new rows, changed rows, deleted rows, another table
+    conn.execute("INSERT INTO items VALUES (?, 'new')", (next_id,))
+    conn.execute("UPDATE items SET note = 'changed' WHERE id = ?", (random.randrange(1, next_id),))
+    conn.execute("DELETE FROM items WHERE id = ?", (random.randrange(1, next_id),))
+    conn.execute("INSERT INTO other VALUES (1)")
+    conn.commit()
+    next_id += 1
+    time.sleep(0.002)
+"""
+
+
+async def read_all_pages(client: Client, query: str, max_rows: int) -> tuple[list[Any], int]:
+    page = await call(client, "query_database", query=query, max_rows=max_rows)
+    rows, pages = page["rows"], 1
+    while page["truncated"]:
+        assert page["next_cursor"], page["note"]
+        page = await call(client, "query_database", cursor=page["next_cursor"])
+        rows, pages = rows + page["rows"], pages + 1
+    return rows, pages
+
+
+async def test_wal_pages_come_from_one_snapshot_while_an_application_writes(tmp_path, files_root):
+    db = wal_database(tmp_path / "live.db", 20_000)
+    with subprocess.Popen([PYTHON, "-c", WRITER, str(db), "20000"], stdout=subprocess.PIPE, text=True) as writer:
+        try:
+            assert writer.stdout.readline().strip() == "writing"
+            async with Client(create_server(Settings(db_path=db, files_root=files_root))) as client:
+                rows, pages = await read_all_pages(client, "SELECT id, note FROM items", max_rows=2000)
+                other, _ = await read_all_pages(client, "SELECT rowid FROM other", max_rows=50)
+        finally:
+            writer.kill()
+    ids = [row[0] for row in rows]
+    assert pages >= 10 and len(ids) == len(set(ids))  # every row once: none repeated, none lost to a shift
+    assert ids == sorted(ids) and ids[0] <= 2  # in order, from the start
+    assert len(other) == len({row[0] for row in other})
+
+
+async def test_a_wal_database_closed_cleanly_pages_too(tmp_path, files_root):
+    db = wal_database(tmp_path / "closed.db", 5000)
+    async with Client(create_server(Settings(db_path=db, files_root=files_root))) as client:
+        rows, pages = await read_all_pages(client, "SELECT id FROM items", max_rows=700)
+    assert pages == 8 and [row[0] for row in rows] == list(range(1, 5001))
+
+
+async def test_between_pages_no_lock_blocks_a_rollback_journal_writer(make_server, db_path):
+    async with Client(make_server()) as client:
+        page = await call(client, "query_database", query="SELECT n FROM numbers", max_rows=100)
+        assert page["truncated"] and no_lock_is_held(db_path)  # a writer gets the database at once
+        with sqlite3.connect(db_path) as writer:
+            writer.execute("INSERT INTO books VALUES (9, 1, 'New', 1.0)")  # another table
+        message = await error_of(client, "query_database", cursor=page["next_cursor"])
+    assert "changed since this cursor was made" in message and "WAL mode" in message
+
+
+async def test_an_open_result_is_released_when_left_unread(tmp_path, files_root):
+    db = wal_database(tmp_path / "idle.db", 3000)
+    async with Client(create_server(Settings(db_path=db, files_root=files_root, result_idle_s=5))) as client:
+        page = await call(client, "query_database", query="SELECT id FROM items", max_rows=1000)
+        assert (await call(client, "query_database", cursor=page["next_cursor"]))["row_count"] == 1000
+        (worker,) = workers_of(os.getpid(), "database")
+        assert any(name == str(db) for name in open_files(worker))
+        await asyncio.sleep(7)  # its idle time, and a second
+        message = await error_of(client, "query_database", cursor=page["next_cursor"])
+    assert "no longer open" in message and "rerun the query" in message
+
+
+async def test_deep_pages_cost_no_more_than_the_second(tmp_path, files_root):
+    db = wal_database(tmp_path / "deep.db", 1_000_000)
+    async with Client(create_server(Settings(db_path=db, files_root=files_root))) as client:
+        page = await call(client, "query_database", query="SELECT id FROM items", max_rows=100_000)
+        costs = []
+        while page["truncated"]:
+            page = await call(client, "query_database", cursor=page["next_cursor"])
+            costs.append(page["elapsed_ms"])
+    assert page["rows"][-1] == [1_000_000] and len(costs) == 9
+    second, last = sorted(costs[:3])[1], sorted(costs[-3:])[1]  # medians of three: one slow page is noise
+    assert last <= 2 * second + 100, costs  # a page far in costs what a page near the start does
+
+
+async def test_list_tables_filters_by_name_and_goes_on_past_its_limit(tmp_path, files_root, monkeypatch):
+    monkeypatch.setattr(server, "MAX_LIST_ENTRIES", 10)
+    db = tmp_path / "many.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        for i in range(25):
+            conn.execute(f"CREATE TABLE {'Sales' if i % 2 else 'log'}_{i:02} (x)")
+    async with Client(create_server(Settings(db_path=db, files_root=files_root))) as client:
+        names, offset = [], 0
+        while offset is not None:
+            page = await call(client, "list_tables", offset=offset)
+            names, offset = names + [t["name"] for t in page["tables"]], page["next_offset"]
+            assert page["total"] == 25 and len(page["tables"]) <= 10
+        sales = await call(client, "list_tables", pattern="sales_*")  # without regard to case
+        one = await call(client, "list_tables", pattern="log_0?")
+    assert sorted(names) == names and len(set(names)) == 25
+    assert sales["total"] == 12 and all(t["name"].startswith("Sales_") for t in sales["tables"])
+    assert [t["name"] for t in one["tables"]] == ["log_00", "log_02", "log_04", "log_06", "log_08"]
+
+
+async def test_search_schema_finds_tables_and_columns_by_name(make_server):
+    async with Client(make_server()) as client:
+        found = await call(client, "search_schema", pattern="*name*")
+        titles = await call(client, "search_schema", pattern="book*")
+    assert {(c["table"], c["column"]) for c in found["columns"]} == {("authors", "name"), ("book_titles", "name")}
+    assert titles["tables"] == ["book_titles", "books"] and found["truncated"] is False
+
+
+async def test_a_big_database_gets_estimates_or_says_why_it_has_none(make_server, db_path, monkeypatch):
+    monkeypatch.setattr(server, "EXACT_COUNT_BYTES", 1000)  # the test database counts as big
+    async with Client(make_server()) as client:
+        before = {t["name"]: t for t in (await call(client, "list_tables"))["tables"]}
+        with sqlite3.connect(db_path) as writer:
+            writer.execute("ANALYZE")
+        after = {t["name"]: t for t in (await call(client, "list_tables"))["tables"]}
+        described = await call(client, "describe_table", table="numbers")
+    assert before["numbers"]["row_count"] is None and "ANALYZE" in before["numbers"]["row_count_note"]
+    assert (after["numbers"]["row_count"], after["numbers"]["row_count_kind"]) == (2500, "estimate")
+    assert "sqlite_stat1" in after["numbers"]["row_count_note"]
+    assert (described["row_count"], described["row_count_kind"]) == (2500, "estimate")
+    for table in [*before.values(), *after.values()]:  # no count is missing without a reason
+        assert table["row_count"] is not None or table["row_count_note"], table
+
+
+async def test_list_files_says_what_stopped_it_and_goes_on(make_server, files_root, monkeypatch):
+    monkeypatch.setattr(server, "MAX_LIST_ENTRIES", 10)
+    for i in range(25):
+        (files_root / f"item-{i:02}.json").write_text("{}")
+    async with Client(make_server()) as client:
+        first = await call(client, "list_files", pattern="item-*.json")
+        paths, offset = [e["path"] for e in first["entries"]], first["next_offset"]
+        while offset is not None:
+            page = await call(client, "list_files", pattern="item-*.json", offset=offset)
+            paths, offset = paths + [e["path"] for e in page["entries"]], page["next_offset"]
+    assert (first["truncated"], first["stopped_by"], first["next_offset"]) == (True, "entry limit", 10)
+    assert paths == [f"item-{i:02}.json" for i in range(25)]
+
+
+async def test_describe_table_matches_names_as_sqlite_does(make_server):
+    async with Client(make_server()) as client:
+        described = await call(client, "describe_table", table="BOOKS")
+    assert described["name"] == "books" and described["row_count"] == 3
