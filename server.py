@@ -68,6 +68,7 @@ MAX_PARAMS_BYTES = 256 * 1024  # parameters travel inside page cursors too: keep
 MAX_VALUE_BYTES = 16 * 1024 * 1024  # SQLITE_LIMIT_LENGTH: no string or blob built in a query beyond this
 MAX_TEMP_FILE_BYTES = 512 * 1024 * 1024  # any one file a worker writes: SQLite's spill files of big sorts
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux; longer paths cannot name a real file anyway
+MAX_CURSOR_CHARS = 2 * MAX_SQL_CHARS + 1_000_000  # a cursor can carry its statement and parameters
 MAX_JSON_DEPTH = 200  # deeper documents are refused: they only serve to exhaust recursion
 MAX_LIST_ENTRIES = 1000  # list_files and list_tables stop here and say so with `truncated`
 CURSOR_TTL_S = 600  # a page cursor lives ten minutes: long enough to read on, short enough to forget
@@ -1532,6 +1533,7 @@ if __name__ == "__main__" and sys.argv[1:2] == [WORKER_FLAG]:  # a worker needs 
 import argparse
 import asyncio
 import collections
+import difflib
 import gc
 import hmac
 import ipaddress
@@ -1543,12 +1545,13 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable
 from datetime import date, timedelta
 from subprocess import PIPE
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import anyio
 import h11
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
+from dotenv import dotenv_values
 from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ResourceError, ToolError
 from fastmcp.server.auth.providers.debug import DebugTokenVerifier
@@ -1556,6 +1559,7 @@ from fastmcp.server.http import StreamableHTTPASGIApp
 from fastmcp.server.middleware.rate_limiting import RateLimitingMiddleware
 from fastmcp.tools import ToolResult
 from fastmcp.utilities.json_schema import compress_schema
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types import ResourceTemplateReference, SamplingMessage, TextContent, ToolAnnotations
 from pydantic import (
@@ -1569,6 +1573,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.middleware import Middleware
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 # Sampling (ask_database) and logging to the client are deprecated by the 2026-07-28 protocol but
@@ -1576,6 +1581,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 warnings.filterwarnings("ignore", "The (sampling|logging) capability is deprecated", MCPDeprecationWarning)
 
 SERVER_FILE = Path(__file__).resolve()  # what a worker process runs, with WORKER_FLAG
+# Settings files: NAME=value lines, beside server.py or in the working folder (which wins). They reach
+# the server however it is started, where a terminal client such as `fastmcp call` passes no environment.
+SETTINGS_FILES = (SERVER_FILE.parent / ".env", Path(".env"))
 FILE_WORKERS = 1  # processes that parse JSON files: reads take milliseconds, and each may need much memory
 
 
@@ -1585,7 +1593,9 @@ FILE_WORKERS = 1  # processes that parse JSON files: reads take milliseconds, an
 class Settings(BaseSettings):
     """Everything a deployment can change, read from `MCP_*` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="MCP_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="MCP_", env_file=SETTINGS_FILES, env_file_encoding="utf-8", extra="ignore"
+    )
 
     db_path: Path | None = Field(None, description="SQLite database to serve (demo when unset)")
     files_root: Path | None = Field(None, description="Folder of JSON files (demo when unset)")
@@ -1674,7 +1684,30 @@ def load_settings(**overrides: Any) -> Settings:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
         message = str(error["msg"]).removeprefix("Value error, ")
-        raise SystemExit(f"{SERVER_NAME}: bad setting MCP_{field.upper()}: {message}") from None
+        given = given_settings()
+        name = next((n for n in (f"MCP_{field.upper()}", "DATABASE_URL") if n in given and field in n.lower()), None)
+        raise SystemExit(f"{SERVER_NAME}: bad setting {name or f'MCP_{field.upper()}'}: {message}") from None
+
+
+def given_settings() -> dict[str, str]:
+    """The MCP_* (and DATABASE_URL) names set in the environment or a settings file, with where."""
+    given = {}
+    for file in SETTINGS_FILES:
+        with contextlib.suppress(OSError):
+            given.update({name: str(file) for name in dotenv_values(file) if name.upper().startswith("MCP_")})
+    given.update({name: "the environment" for name in os.environ if name.startswith("MCP_") or name == "DATABASE_URL"})
+    return given
+
+
+def warn_unknown_settings() -> None:
+    """A misspelled setting is ignored, which would serve something else than meant: say so. (Only a
+    warning: other tools keep their own MCP_* variables in the same environment.)"""
+    known = [f"MCP_{name.upper()}" for name in Settings.model_fields] + ["DATABASE_URL"]
+    for name, where in given_settings().items():
+        if name.upper() not in known:
+            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            log.warning("%s (in %s) is not a setting of this server and is ignored%s", name, where, hint)
 
 
 def parse_rate_limit(text: str) -> tuple[int, float]:
@@ -1917,6 +1950,7 @@ class Worker:
     """The parent's handle on one worker process (serve_worker describes what they say to each other)."""
 
     started = itertools.count(1)  # each worker's id, which page cursors name
+    live: ClassVar[set[int]] = set()  # the process ids of every worker alive, for a stop at once
 
     def __init__(self, process: Process):
         self.process = process
@@ -1934,6 +1968,7 @@ class Worker:
         env = {**os.environ, "MALLOC_ARENA_MAX": "1"}
         command = [sys.executable, str(SERVER_FILE), WORKER_FLAG, job]
         worker = cls(await anyio.open_process(command, stdin=PIPE, stdout=PIPE, stderr=None, env=env))
+        Worker.live.add(worker.process.pid)
         await worker.send(opening)
         return worker
 
@@ -1975,6 +2010,7 @@ class Worker:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             await self.process.aclose()
+            Worker.live.discard(self.process.pid)
 
 
 class PendingCall:
@@ -2394,8 +2430,11 @@ class DataServer(FastMCP):
         await super().run_http_async(*args, host=host, **kwargs)
 
     def http_app(self, *args: Any, **kwargs: Any) -> Any:
-        """FastMCP's app, whose streamable HTTP sessions end when idle and are capped in number."""
+        """FastMCP's app, whose streamable HTTP sessions end when idle and are capped in number, and
+        whose answer to a request without the token says how to send it."""
         kwargs.setdefault("session_idle_timeout", SESSION_IDLE_S)
+        if self.auth_token:
+            kwargs["middleware"] = [*(kwargs.get("middleware") or []), Middleware(ExplainUnauthorized)]
         app = super().http_app(*args, **kwargs)
         endpoints = [getattr(route, "endpoint", None) for route in app.routes]
         mcp_apps = [e for e in (getattr(e, "app", e) for e in endpoints) if isinstance(e, StreamableHTTPASGIApp)]
@@ -2410,6 +2449,36 @@ class DataServer(FastMCP):
 
         app.router.lifespan_context = lifespan
         return app
+
+
+class ExplainUnauthorized:
+    """A request without the right token gets a 401 that says how to send it (a JSON-RPC error, which MCP
+    clients show), and OAuth's client registration, which clients try after a 401, a 403 that says the
+    same: this server takes one static bearer token and has no OAuth to offer."""
+
+    HOW = "this server takes a bearer token: send the header 'Authorization: Bearer <MCP_AUTH_TOKEN>'"
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or isinstance(scope.get("user"), AuthenticatedUser):
+            return await self.app(scope, receive, send)
+        if scope["path"] == "/register":
+            status, body = 403, {"error": "invalid_client_metadata", "error_description": f"no OAuth here: {self.HOW}"}
+        elif scope["path"] in ("/mcp", "/sse") or scope["path"].startswith("/messages"):
+            status, body = (
+                401,
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": f"Unauthorized: {self.HOW}"}},
+            )
+        else:
+            return await self.app(scope, receive, send)
+        data = json.dumps(body).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        if status == 401:
+            headers.append((b"www-authenticate", f'Bearer realm="{SERVER_NAME}"'.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
 
 
 class TimedH11Protocol(H11Protocol):
@@ -2568,28 +2637,25 @@ class DataService:
                 await ctx.warning(f"refused: {exc}")
             raise ToolError(str(exc)) from None
 
-    async def query(
-        self, ctx: Context | None, query: str, params: Any, max_rows: int | None, cursor: str | None
-    ) -> ToolResult:
-        if cursor and (query.strip() or params is not None):
-            raise ToolError("give either a query (with its params) or a cursor, not both")
-        if cursor:
-            try:
-                state = self.cursors.decode(cursor)
-            except QueryRefused as exc:
-                raise ToolError(str(exc)) from None
-            rows = max_rows or state["n"]
-            if "r" in state:  # a result one of this process's workers holds open
-                if state["i"] != self.instance:
-                    raise ToolError(OTHER_PROCESS)
-                request = {"op": "next", "result": state["r"], "max_rows": rows}
-                return answer(*await self.page(ctx, request, state["o"], worker_id=state["w"]))
-            request = {"op": "query", "sql": state["q"], "params": state["p"], "max_rows": rows}
-            return answer(*await self.page(ctx, {**request, "skip": state["o"], "version": state["f"]}, state["o"]))
+    async def query(self, ctx: Context | None, query: str, params: Any, max_rows: int | None) -> ToolResult:
         if not query.strip():
-            raise ToolError("give a SQL query, or a cursor to continue a previous result")
+            raise ToolError("give one SQL statement, such as SELECT * FROM some_table LIMIT 10")
         request = {"op": "query", "sql": query, "params": params, "max_rows": max_rows or self.settings.max_rows}
         return answer(*await self.page(ctx, request))
+
+    async def next_page(self, ctx: Context | None, cursor: str, max_rows: int | None) -> ToolResult:
+        try:
+            state = self.cursors.decode(cursor)
+        except QueryRefused as exc:
+            raise ToolError(str(exc)) from None
+        rows = max_rows or state["n"]
+        if "r" in state:  # a result one of this process's workers holds open
+            if state["i"] != self.instance:
+                raise ToolError(OTHER_PROCESS)
+            request = {"op": "next", "result": state["r"], "max_rows": rows}
+            return answer(*await self.page(ctx, request, state["o"], worker_id=state["w"]))
+        request = {"op": "query", "sql": state["q"], "params": state["p"], "max_rows": rows}
+        return answer(*await self.page(ctx, {**request, "skip": state["o"], "version": state["f"]}, state["o"]))
 
     async def page(
         self,
@@ -2620,7 +2686,7 @@ class DataService:
             else:
                 note = "PostgreSQL cannot hold the rows of EXPLAIN or SHOW for a next page: raise max_rows"
             if ctx is not None:
-                await ctx.info(f"showing rows {offset + 1}-{offset + count}; more remain behind next_cursor")
+                await ctx.info(f"showing rows {offset + 1}-{offset + count}; next_page(next_cursor) gives more")
         fields = {
             "columns": reply["columns"],
             "row_count": count,
@@ -2714,24 +2780,72 @@ class DataService:
             raise ToolError(str(exc)) from None
 
 
-def with_demo(settings: Settings) -> Settings:
-    """The settings, with the built-in demo standing in for whatever location is not set."""
-    if settings.files_root is not None and (settings.db_path is not None or settings.database_url is not None):
-        return settings
-    demo_db, demo_files = ensure_demo(demo_folder())
-    return settings.model_copy(
-        update={
-            "db_path": settings.db_path or (None if settings.database_url else demo_db),
-            "files_root": settings.files_root or demo_files,
-        }
-    )
+def with_demo(settings: Settings) -> tuple[Settings, list[str]]:
+    """The settings, with the built-in demo standing in for whatever location is not set, and which
+    ("database", "files") it stands in for."""
+    demo = [
+        part
+        for part, own in (("database", settings.db_path or settings.database_url), ("files", settings.files_root))
+        if not own
+    ]
+    if not demo:
+        return settings, demo
+    try:
+        demo_db, demo_files = ensure_demo(demo_folder())
+    except OSError as exc:
+        raise SystemExit(
+            f"{SERVER_NAME}: cannot write the built-in demo to {demo_folder()} ({exc.strerror or exc});"
+            " set MCP_DB_PATH (or DATABASE_URL) and MCP_FILES_ROOT to serve your own data, or XDG_CACHE_HOME"
+            " to a writable folder"
+        ) from None
+    update = {"db_path": demo_db} if "database" in demo else {}
+    return settings.model_copy(update={**update, "files_root": settings.files_root or demo_files}), demo
+
+
+def check_database(settings: Settings, opening: dict[str, Any]) -> None:
+    """Stop at start, with one line, where every call would fail: a file that is not a SQLite database, a
+    login or database name PostgreSQL refuses, a role it lets reach files. An unreachable PostgreSQL is
+    only a warning: it may come up later, and each call says so meanwhile."""
+    if opening["engine"] == "sqlite":
+        uri = f"file:{urllib.parse.quote(opening['config']['path'])}?mode=ro"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)) as conn:
+                conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+        except sqlite3.Error as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):  # a writer at work is no fault of the setting
+                raise SystemExit(
+                    f"{SERVER_NAME}: bad setting MCP_DB_PATH: {settings.db_path} cannot be read as a SQLite"
+                    f" database ({exc}); point it at the database file itself"
+                ) from None
+        return
+    import psycopg
+
+    name = next((n for n in ("MCP_DATABASE_URL", "DATABASE_URL") if n in os.environ), "MCP_DATABASE_URL")
+    try:
+        with psycopg.connect(opening["config"]["conninfo"], autocommit=True, connect_timeout=3) as conn:
+            _refuse_privileged_role(conn)
+    except QueryRefused as exc:
+        raise SystemExit(f"{SERVER_NAME}: bad setting {name}: {exc}") from None
+    except psycopg.Error as exc:
+        text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        refused = (
+            "password authentication failed",
+            "does not exist",
+            "no pg_hba.conf entry",
+            "not permitted to log in",
+        )
+        if any(reason in text for reason in refused):
+            raise SystemExit(f"{SERVER_NAME}: bad setting {name}: PostgreSQL refused it: {text}") from None
+        log.warning("cannot reach PostgreSQL now (%s); each call will try again", text)
 
 
 def create_server(settings: Settings) -> FastMCP:
     """Build the one FastMCP instance from settings: tools, resources and middleware."""
     configure_logging(settings.log_level)
-    settings = with_demo(settings)
+    warn_unknown_settings()
+    settings, demo = with_demo(settings)
     service = DataService(settings)
+    check_database(settings, service.database.opening)
 
     middleware = []
     if settings.rate_limit:
@@ -2750,8 +2864,8 @@ def create_server(settings: Settings) -> FastMCP:
         version=SERVER_VERSION,
         instructions=(
             f"Read-only access to a {service.dialect} database and a folder of JSON files. Start with list_tables"
-            " and describe_table, then query_database with one SELECT; page on with next_cursor."
-            " Use list_files and read_json for the files."
+            " (search_schema in big schemas) and describe_table, then query_database with one SELECT; a long"
+            " result continues with next_page. Use list_files and read_json for the files."
         ),
         auth=auth,
         auth_token=settings.auth_token,
@@ -2762,10 +2876,9 @@ def create_server(settings: Settings) -> FastMCP:
 
     @mcp.tool(annotations=READ_ONLY, output_schema=output_schema(QueryResult))
     async def query_database(
-        query: Annotated[str, Field(max_length=MAX_SQL_CHARS)] = "",
+        query: Annotated[str, Field(min_length=1, max_length=MAX_SQL_CHARS)],
         params: list[Any] | dict[str, Any] | None = None,
         max_rows: Annotated[int, Field(ge=1, le=MAX_ROWS_LIMIT)] | None = None,
-        cursor: str | None = None,
         ctx: Context | None = None,
     ) -> ToolResult:
         """Run one read-only SQL statement (SELECT, WITH, EXPLAIN; on SQLite also pragma_* functions).
@@ -2773,10 +2886,23 @@ def create_server(settings: Settings) -> FastMCP:
         Args:
             query: One SQL statement. Placeholders for values: ? or :name on SQLite, $1, $2 on PostgreSQL.
             params: Values for the placeholders: a list for ? and $1, an object for :name.
-            max_rows: Rows per page (default from MCP_MAX_ROWS). Longer results come in pages.
-            cursor: The next_cursor of a previous page, to continue that result; omit query then.
+            max_rows: Rows per page (default from MCP_MAX_ROWS). A longer result ends with a next_cursor.
         """
-        return await service.query(ctx, query, params, max_rows, cursor)
+        return await service.query(ctx, query, params, max_rows)
+
+    @mcp.tool(annotations=READ_ONLY, output_schema=output_schema(QueryResult))
+    async def next_page(
+        cursor: Annotated[str, Field(min_length=1, max_length=MAX_CURSOR_CHARS)],
+        max_rows: Annotated[int, Field(ge=1, le=MAX_ROWS_LIMIT)] | None = None,
+        ctx: Context | None = None,
+    ) -> ToolResult:
+        """The next page of a query_database result, from the same snapshot: every row exactly once, in order.
+
+        Args:
+            cursor: The next_cursor of the previous page.
+            max_rows: Rows in this page (default: as many as the previous one).
+        """
+        return await service.next_page(ctx, cursor, max_rows)
 
     @mcp.tool(annotations=READ_ONLY, output_schema=output_schema(AskResult))
     async def ask_database(question: Annotated[str, Field(min_length=1, max_length=2000)], ctx: Context) -> ToolResult:
@@ -2851,8 +2977,8 @@ def create_server(settings: Settings) -> FastMCP:
 
     @mcp.resource("config://app/settings", mime_type="application/json")
     def app_settings() -> str:
-        """The effective settings; secrets show only as set or unset."""
-        return json.dumps(settings.public_view(), indent=2)
+        """The effective settings; secrets show only as set or unset; `demo` lists what the demo stands in for."""
+        return json.dumps({**settings.public_view(), "demo": demo}, indent=2)
 
     @mcp.resource("schema://tables", mime_type="application/json")
     async def schema_tables() -> str:
@@ -2882,8 +3008,39 @@ def create_server(settings: Settings) -> FastMCP:
             return [n for n in names if n.lower().startswith(typed) or n.lower().rpartition(".")[2].startswith(typed)]
         return []
 
-    log.info("serving %s read-only, and JSON files under %s", service.label, service.files_root)
+    if demo:
+        log.info(
+            "serving the BUILT-IN DEMO %s (set %s to serve your own): database %s, files %s",
+            " and ".join(demo),
+            " and ".join(
+                part
+                for part, kind in (("MCP_DB_PATH or DATABASE_URL", "database"), ("MCP_FILES_ROOT", "files"))
+                if kind in demo
+            ),
+            service.label,
+            service.files_root,
+        )
+    else:
+        log.info(
+            "serving your %s %s read-only, and JSON files under %s", service.dialect, service.label, service.files_root
+        )
     return mcp
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the server at once, with one line and no traceback. (Left to Python, the
+    first Ctrl-C waits for the stdio reader's next line, and the second prints a traceback.) The worker
+    processes go with it: killed here, and each also leaves when it sees its parent gone."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        os.write(2, f"{SERVER_NAME}: stopped ({signal.Signals(signum).name})\n".encode())
+        for pid in list(Worker.live):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        os._exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def extract_sql(reply: str) -> str:
@@ -2916,6 +3073,7 @@ def main(argv: list[str] | None = None) -> None:
     # they halve the time of such a call (benchmarks/bench.py); cycles are still collected.
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+    stop_on_signals()
     if transport == "stdio":
         log.info("speaking MCP over stdio: connect a client such as Claude Desktop (Ctrl-C stops)")
         server.run("stdio", show_banner=False)
@@ -2925,5 +3083,12 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-else:  # imported: by `fastmcp run server.py`, by the tests, or by `from server import mcp`
-    mcp = create_server(load_settings())
+
+
+def __getattr__(name: str) -> Any:
+    """`server.mcp`, the server `fastmcp run server.py` and `from server import mcp` ask for, built on
+    first use: the safe-data-mcp script, which calls main(), and the tests build their own."""
+    if name != "mcp":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()["mcp"] = create_server(load_settings())
+    return globals()["mcp"]

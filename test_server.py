@@ -147,7 +147,8 @@ async def error_of(client: Client, tool: str, **arguments) -> str:
 # --- The tool list ---------------------------------------------------------------------------------
 
 EXPECTED_TOOLS = {
-    "query_database": ["query", "params", "max_rows", "cursor"],
+    "query_database": ["query", "params", "max_rows"],
+    "next_page": ["cursor", "max_rows"],
     "ask_database": ["question"],
     "list_tables": ["pattern", "schema", "offset"],
     "search_schema": ["pattern"],
@@ -350,7 +351,8 @@ async def test_statement_past_deadline_is_stopped(make_server):
         ("SELECT ?", [2**70], "64 bits"),
         ("SELECT ?", ["\ud800"], "Unicode"),
         ("SELECT ?", [{"nested": "object"}], "parameters"),
-        ("", None, "give a SQL query"),
+        ("", None, "at least 1 character"),
+        ("  \n\t ", None, "give one SQL statement"),
     ],
 )
 async def test_malformed_queries_get_clear_errors(make_server, sql, params, expected):
@@ -402,7 +404,7 @@ async def test_pages_return_every_row_exactly_once(make_server):
         seen += [row[0] for row in result["rows"]]
         pages = 1
         while result["next_cursor"]:
-            result = await call(client, "query_database", cursor=result["next_cursor"])
+            result = await call(client, "next_page", cursor=result["next_cursor"])
             seen += [row[0] for row in result["rows"]]
             pages += 1
     assert seen == list(range(2500, 0, -1))
@@ -414,7 +416,7 @@ async def test_cursor_keeps_parameters(make_server):
         first = await call(
             client, "query_database", query="SELECT n FROM numbers WHERE n > ?", params=[2490], max_rows=6
         )
-        second = await call(client, "query_database", cursor=first["next_cursor"])
+        second = await call(client, "next_page", cursor=first["next_cursor"])
     assert [r[0] for r in first["rows"] + second["rows"]] == list(range(2491, 2501))
     assert second["truncated"] is False and second["next_cursor"] is None
 
@@ -426,8 +428,8 @@ async def test_tampered_cursor_is_refused(make_server):
         forged = server.base64.urlsafe_b64encode(
             server.base64.urlsafe_b64decode(body).replace(b'"o":5', b'"o":0')
         ).decode()
-        message = await error_of(client, "query_database", cursor=f"{forged}.{sig}")
-        garbage = await error_of(client, "query_database", cursor="not-a-cursor")
+        message = await error_of(client, "next_page", cursor=f"{forged}.{sig}")
+        garbage = await error_of(client, "next_page", cursor="not-a-cursor")
     assert "not valid" in message and "not valid" in garbage
 
 
@@ -435,7 +437,7 @@ async def test_cursor_from_another_server_is_refused(make_server):
     async with Client(make_server()) as client:
         cursor = (await call(client, "query_database", query="SELECT n FROM numbers", max_rows=5))["next_cursor"]
     async with Client(make_server()) as client:
-        message = await error_of(client, "query_database", cursor=cursor)
+        message = await error_of(client, "next_page", cursor=cursor)
     assert "not valid" in message
 
 
@@ -443,7 +445,7 @@ async def test_cursor_with_shared_secret_works_across_servers(make_server):
     async with Client(make_server(cursor_secret="s3cret")) as client:
         cursor = (await call(client, "query_database", query="SELECT n FROM numbers", max_rows=5))["next_cursor"]
     async with Client(make_server(cursor_secret="s3cret")) as client:
-        result = await call(client, "query_database", cursor=cursor, max_rows=2)
+        result = await call(client, "next_page", cursor=cursor, max_rows=2)
     assert result["rows"] == [[6], [7]]
 
 
@@ -452,7 +454,7 @@ async def test_expired_cursor_is_refused(make_server, monkeypatch):
         cursor = (await call(client, "query_database", query="SELECT n FROM numbers", max_rows=5))["next_cursor"]
         later = time.time() + server.CURSOR_TTL_S + 1
         monkeypatch.setattr(server.time, "time", lambda: later)
-        message = await error_of(client, "query_database", cursor=cursor)
+        message = await error_of(client, "next_page", cursor=cursor)
     assert "expired" in message
 
 
@@ -461,7 +463,7 @@ async def test_cursor_refuses_changed_data(make_server, db_path):
         cursor = (await call(client, "query_database", query="SELECT n FROM numbers", max_rows=5))["next_cursor"]
         with sqlite3.connect(db_path) as writer:
             writer.execute("DELETE FROM numbers WHERE n = 1")
-        message = await error_of(client, "query_database", cursor=cursor)
+        message = await error_of(client, "next_page", cursor=cursor)
     assert "changed" in message
 
 
@@ -1282,16 +1284,18 @@ async def test_a_page_cut_by_bytes_carries_the_rest_to_the_next_page(
         page = await call(client, "query_database", query="SELECT n, t FROM wide ORDER BY n")
         seen = [page["row_count"]]
         while page["truncated"]:
-            page = await call(client, "query_database", cursor=page["next_cursor"])
+            page = await call(client, "next_page", cursor=page["next_cursor"])
             seen.append(page["row_count"])
     assert seen == pages
 
 
-async def test_query_and_cursor_together_are_refused(make_server):
+async def test_schemas_require_what_each_tool_requires(make_server):
     async with Client(make_server()) as client:
-        cursor = (await call(client, "query_database", query="SELECT n FROM numbers", max_rows=5))["next_cursor"]
-        message = await error_of(client, "query_database", query="SELECT 42", cursor=cursor)
-    assert "not both" in message
+        tools = {tool.name: tool.input_schema for tool in await client.list_tools()}
+        empty = await error_of(client, "query_database", query="")
+    assert tools["query_database"]["required"] == ["query"]  # a model reads it as: always give one
+    assert tools["next_page"]["required"] == ["cursor"]
+    assert "at least 1 character" in empty
 
 
 async def test_read_json_answer_is_bounded(make_server, files_root, monkeypatch):
@@ -1605,8 +1609,8 @@ sql("exhaust", "SELECT printf('%.30000c', 'a') GLOB '" + "*a" * 20 + "*b'", chec
 sql("malformed", "SELEC 1", "syntax error")
 sql("malformed", "SELECT 'unterminated", "unrecognized token")
 sql("malformed", "SELECT * FROM", "incomplete input")
-sql("malformed", "", "give a SQL query")
-sql("malformed", "  \n\t ", "give a SQL query")
+sql("malformed", "", "at least 1 character")
+sql("malformed", "  \n\t ", "give one SQL statement")
 sql("malformed", "-- only a comment", "no columns")
 sql("malformed", ";", "no columns")
 sql("malformed", "SELECT ?", "parameters do not match", params=[])
@@ -1625,9 +1629,10 @@ sql("malformed", "SELECT ?", check=lambda a: a["rows"] in ([[None]], [["NaN"]]),
 sql("malformed", "SELECT ?", check=lambda a: a["rows"] in ([[None]], [["Infinity"]]), params=[float("inf")])
 sql("malformed", "SELECT CAST(X'66FF6F' AS TEXT)", check=rows([["f\ufffdo"]]))
 sql("malformed", "SELECT CAST(X'EDA080' AS TEXT)", check=lambda a: "\ufffd" in a["rows"][0][0])
-case("malformed", "query_database", "not valid", cursor="not-a-cursor")
-case("malformed", "query_database", "not valid", cursor="x" * 1_000_000)
-case("malformed", "query_database", "not valid", cursor="e30." + "A" * 22)
+case("malformed", "next_page", "not valid", cursor="not-a-cursor")
+case("malformed", "next_page", "at most", cursor="x" * (server.MAX_CURSOR_CHARS + 1))
+case("malformed", "next_page", "not valid", cursor="x" * 1_000_000)
+case("malformed", "next_page", "not valid", cursor="e30." + "A" * 22)
 
 # paths
 OUTSIDE = "outside the files root"
@@ -2455,7 +2460,7 @@ async def read_all_pages(client: Client, query: str, max_rows: int) -> tuple[lis
     rows, pages = page["rows"], 1
     while page["truncated"]:
         assert page["next_cursor"], page["note"]
-        page = await call(client, "query_database", cursor=page["next_cursor"])
+        page = await call(client, "next_page", cursor=page["next_cursor"])
         rows, pages = rows + page["rows"], pages + 1
     return rows, pages
 
@@ -2489,7 +2494,7 @@ async def test_between_pages_no_lock_blocks_a_rollback_journal_writer(make_serve
         assert page["truncated"] and no_lock_is_held(db_path)  # a writer gets the database at once
         with sqlite3.connect(db_path) as writer:
             writer.execute("INSERT INTO books VALUES (9, 1, 'New', 1.0)")  # another table
-        message = await error_of(client, "query_database", cursor=page["next_cursor"])
+        message = await error_of(client, "next_page", cursor=page["next_cursor"])
     assert "changed since this cursor was made" in message and "WAL mode" in message
 
 
@@ -2497,11 +2502,11 @@ async def test_an_open_result_is_released_when_left_unread(tmp_path, files_root)
     db = wal_database(tmp_path / "idle.db", 3000)
     async with Client(create_server(Settings(db_path=db, files_root=files_root, result_idle_s=5))) as client:
         page = await call(client, "query_database", query="SELECT id FROM items", max_rows=1000)
-        assert (await call(client, "query_database", cursor=page["next_cursor"]))["row_count"] == 1000
+        assert (await call(client, "next_page", cursor=page["next_cursor"]))["row_count"] == 1000
         (worker,) = workers_of(os.getpid(), "database")
         assert any(name == str(db) for name in open_files(worker))
         await asyncio.sleep(7)  # its idle time, and a second
-        message = await error_of(client, "query_database", cursor=page["next_cursor"])
+        message = await error_of(client, "next_page", cursor=page["next_cursor"])
     assert "no longer open" in message and "rerun the query" in message
 
 
@@ -2511,7 +2516,7 @@ async def test_deep_pages_cost_no_more_than_the_second(tmp_path, files_root):
         page = await call(client, "query_database", query="SELECT id FROM items", max_rows=100_000)
         costs = []
         while page["truncated"]:
-            page = await call(client, "query_database", cursor=page["next_cursor"])
+            page = await call(client, "next_page", cursor=page["next_cursor"])
             costs.append(page["elapsed_ms"])
     assert page["rows"][-1] == [1_000_000] and len(costs) == 9
     second, last = sorted(costs[:3])[1], sorted(costs[-3:])[1]  # medians of three: one slow page is noise
