@@ -1581,9 +1581,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 warnings.filterwarnings("ignore", "The (sampling|logging) capability is deprecated", MCPDeprecationWarning)
 
 SERVER_FILE = Path(__file__).resolve()  # what a worker process runs, with WORKER_FLAG
-# Settings files: NAME=value lines, beside server.py or in the working folder (which wins). They reach
-# the server however it is started, where a terminal client such as `fastmcp call` passes no environment.
-SETTINGS_FILES = (SERVER_FILE.parent / ".env", Path(".env"))
+# A settings file of NAME=value lines: it reaches the server however it is started, where a terminal
+# client such as `fastmcp call` passes no environment to the server it starts.
+SETTINGS_FILE = ".env"  # in the working folder; MCP_ENV_FILE names another (empty: none)
 FILE_WORKERS = 1  # processes that parse JSON files: reads take milliseconds, and each may need much memory
 
 
@@ -1593,9 +1593,7 @@ FILE_WORKERS = 1  # processes that parse JSON files: reads take milliseconds, an
 class Settings(BaseSettings):
     """Everything a deployment can change, read from `MCP_*` environment variables."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="MCP_", env_file=SETTINGS_FILES, env_file_encoding="utf-8", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="MCP_", env_file_encoding="utf-8", extra="ignore")
 
     db_path: Path | None = Field(None, description="SQLite database to serve (demo when unset)")
     files_root: Path | None = Field(None, description="Folder of JSON files (demo when unset)")
@@ -1677,9 +1675,10 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, or stop with one line naming the variable and the problem."""
+    """Read the settings (flags, then the environment, then the settings file), or stop with one line
+    naming the variable and the problem."""
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(_env_file=settings_file(), **{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
@@ -1689,12 +1688,21 @@ def load_settings(**overrides: Any) -> Settings:
         raise SystemExit(f"{SERVER_NAME}: bad setting {name or f'MCP_{field.upper()}'}: {message}") from None
 
 
+def settings_file() -> Path | None:
+    """The settings file in use: MCP_ENV_FILE, or .env in the working folder when there is one."""
+    named = os.environ.get("MCP_ENV_FILE")
+    if named is not None:
+        if named and not Path(named).expanduser().is_file():
+            raise SystemExit(f"{SERVER_NAME}: bad setting MCP_ENV_FILE: {named} is not an existing file")
+        return Path(named).expanduser().resolve() if named else None
+    return Path(SETTINGS_FILE).resolve() if Path(SETTINGS_FILE).is_file() else None
+
+
 def given_settings() -> dict[str, str]:
-    """The MCP_* (and DATABASE_URL) names set in the environment or a settings file, with where."""
+    """The MCP_* (and DATABASE_URL) names set in the settings file or the environment, with where."""
     given = {}
-    for file in SETTINGS_FILES:
-        with contextlib.suppress(OSError):
-            given.update({name: str(file) for name in dotenv_values(file) if name.upper().startswith("MCP_")})
+    if file := settings_file():
+        given = {name: str(file) for name in dotenv_values(file) if name.startswith("MCP_") or name == "DATABASE_URL"}
     given.update({name: "the environment" for name in os.environ if name.startswith("MCP_") or name == "DATABASE_URL"})
     return given
 
@@ -1702,7 +1710,7 @@ def given_settings() -> dict[str, str]:
 def warn_unknown_settings() -> None:
     """A misspelled setting is ignored, which would serve something else than meant: say so. (Only a
     warning: other tools keep their own MCP_* variables in the same environment.)"""
-    known = [f"MCP_{name.upper()}" for name in Settings.model_fields] + ["DATABASE_URL"]
+    known = [f"MCP_{name.upper()}" for name in Settings.model_fields] + ["DATABASE_URL", "MCP_ENV_FILE"]
     for name, where in given_settings().items():
         if name.upper() not in known:
             close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
@@ -2425,6 +2433,7 @@ class DataServer(FastMCP):
             "http": TimedH11Protocol,  # slow or half-sent requests are closed, not kept forever
             "limit_concurrency": MAX_CONNECTIONS,
             "timeout_keep_alive": 5,
+            "log_level": "warning",  # FastMCP's own line says where it listens; a stop is one line of ours
             **(kwargs.get("uvicorn_config") or {}),
         }
         await super().run_http_async(*args, host=host, **kwargs)
@@ -2843,6 +2852,7 @@ def create_server(settings: Settings) -> FastMCP:
     """Build the one FastMCP instance from settings: tools, resources and middleware."""
     configure_logging(settings.log_level)
     warn_unknown_settings()
+    source = str(file) if (file := settings_file()) else None
     settings, demo = with_demo(settings)
     service = DataService(settings)
     check_database(settings, service.database.opening)
@@ -2978,7 +2988,7 @@ def create_server(settings: Settings) -> FastMCP:
     @mcp.resource("config://app/settings", mime_type="application/json")
     def app_settings() -> str:
         """The effective settings; secrets show only as set or unset; `demo` lists what the demo stands in for."""
-        return json.dumps({**settings.public_view(), "demo": demo}, indent=2)
+        return json.dumps({**settings.public_view(), "demo": demo, "settings_file": source}, indent=2)
 
     @mcp.resource("schema://tables", mime_type="application/json")
     async def schema_tables() -> str:

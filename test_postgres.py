@@ -33,7 +33,18 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 
 from server import Settings, create_server
-from test_server import EXPECTED_TOOLS, HERE, PYTHON, answering, build_files, call, error_of, free_port, serving
+from test_server import (  # clean_environment is an autouse fixture: no developer settings leak in here either
+    EXPECTED_TOOLS,
+    HERE,
+    PYTHON,
+    answering,
+    build_files,
+    call,
+    clean_environment,  # noqa: F401
+    error_of,
+    free_port,
+    serving,
+)
 
 HOW_TO_ENABLE = (
     "install PostgreSQL (apt-get install postgresql: the tests start their own cluster)"

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import http.client
 import json
 import math
 import os
+import pty
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import stat
@@ -93,10 +96,11 @@ def build_files(root: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch):
-    """A developer's own MCP_* or DATABASE_URL settings must not leak into the tests."""
+    """A developer's own MCP_* or DATABASE_URL settings, or .env file, must not leak into the tests."""
     for name in list(os.environ):
         if name.startswith("MCP_") or name == "DATABASE_URL":
             monkeypatch.delenv(name)
+    monkeypatch.setenv("MCP_ENV_FILE", "")  # no settings file, for the servers the tests start too
 
 
 @pytest.fixture
@@ -2584,3 +2588,144 @@ async def test_describe_table_matches_names_as_sqlite_does(make_server):
     async with Client(make_server()) as client:
         described = await call(client, "describe_table", table="BOOKS")
     assert described["name"] == "books" and described["row_count"] == 3
+
+
+# --- The first ten minutes: the terminal path, a clean stop, mistakes that stop the start ------------------
+
+
+def ended(pid: int, within: float) -> bool:
+    """Whether a process is gone (or a zombie only, which nothing runs in) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def started(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A stdio server that starts and, finding its input closed, ends: its exit code and its lines."""
+    return subprocess.run(
+        [PYTHON, str(HERE / "server.py"), *args], env={**os.environ, **env}, cwd=cwd or HERE,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_the_terminal_path_serves_your_data_from_a_settings_file(db_path, files_root, tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text(f"MCP_DB_PATH={db_path}\nMCP_FILES_ROOT={files_root}\n")
+    monkeypatch.delenv("MCP_ENV_FILE")  # as a user has it: the .env of the folder the command runs in
+    fastmcp = [PYTHON, "-m", "fastmcp.cli", "call", str(HERE / "server.py")]  # as `uv run fastmcp call server.py`
+    path = f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}"  # uv run puts the environment's tools first
+    listed = subprocess.run([*fastmcp, "list_tables", "--json"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PATH": path}, timeout=120, check=False)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert "authors" in listed.stdout and "customers" not in listed.stdout  # the user's data, not the demo
+
+
+def test_the_first_line_says_whether_it_serves_the_demo(db_path, files_root):
+    demo = started(env={})
+    own = started(env={"MCP_DB_PATH": str(db_path), "MCP_FILES_ROOT": str(files_root)})
+    assert "BUILT-IN DEMO database and files" in demo.stderr and "MCP_DB_PATH" in demo.stderr
+    assert f"serving your SQLite {db_path} read-only" in own.stderr and "DEMO" not in own.stderr
+    assert demo.stderr.count("serving") == 1  # once: nothing builds a second server on the way
+
+
+async def test_the_settings_resource_says_what_the_demo_stands_in_for(make_server, db_path, tmp_path):
+    async with Client(make_server()) as client:
+        own = json.loads((await client.read_resource("config://app/settings"))[0].text)
+    async with Client(create_server(Settings(db_path=db_path))) as client:
+        half = json.loads((await client.read_resource("config://app/settings"))[0].text)
+    assert own["demo"] == [] and half["demo"] == ["files"]
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http", "sse"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_stops_the_server_at_once_with_one_line(db_path, files_root, tmp_path, transport, signum):
+    env = {**os.environ, "MCP_DB_PATH": str(db_path), "MCP_FILES_ROOT": str(files_root)}
+    args = [] if transport == "stdio" else ["--transport", transport, "--port", str(free_port())]
+    controller, terminal = pty.openpty()  # a terminal for stdin: where Ctrl-C used to wait for Enter
+    with open(tmp_path / "err", "w") as err:
+        process = subprocess.Popen([PYTHON, str(HERE / "server.py"), *args], env=env, cwd=HERE,
+                                   stdin=terminal, stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "Starting MCP server" not in (tmp_path / "err").read_text() or not workers_of(process.pid):
+            assert time.monotonic() < deadline and process.poll() is None, (tmp_path / "err").read_text()
+            time.sleep(0.1)
+        time.sleep(0.5)  # past whatever start-up still prints
+        workers, before = workers_of(process.pid), len((tmp_path / "err").read_text())
+        process.send_signal(signum)
+        code = process.wait(timeout=3)  # at once, not after the next line of input or a grace period
+    finally:
+        process.kill()
+        os.close(controller)
+        os.close(terminal)
+    said = (tmp_path / "err").read_text()
+    after = said[before:].splitlines()  # everything it said once it was told to stop
+    assert code == 0 and "Traceback" not in said
+    assert after == [f"safe-data: stopped ({signal.Signals(signum).name})"], after
+    assert all(ended(pid, within=3) for pid in workers)  # its workers went with it
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"MCP_DB_PATH": "@NOT_SQLITE@"}, "MCP_DB_PATH: @NOT_SQLITE@ cannot be read as a SQLite database"),
+        ({"MCP_DB_PATH": "@DB@", "DATABASE_URL": "postgresql://reader@localhost/shop"}, "DATABASE_URL: set MCP_DB"),
+        ({"XDG_CACHE_HOME": "@READ_ONLY@", "HOME": "@READ_ONLY@"}, "cannot write the built-in demo"),
+        ({"MCP_ENV_FILE": "@TMP@/missing.env"}, "MCP_ENV_FILE: @TMP@/missing.env is not an existing file"),
+    ],
+    ids=["not-sqlite", "both-databases", "cache-not-writable", "missing-settings-file"],
+)
+def test_a_mistake_stops_the_start_with_one_line_naming_the_setting(db_path, tmp_path, env, expected):
+    (tmp_path / "notes.txt").write_text("not a database, only words\n" * 100)
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o500)
+    places = {"@NOT_SQLITE@": str(tmp_path / "notes.txt"), "@DB@": str(db_path), "@READ_ONLY@": str(read_only),
+              "@TMP@": str(tmp_path)}  # fmt: skip
+    fill = lambda text: functools.reduce(lambda t, p: t.replace(*p), places.items(), text)  # noqa: E731
+    if os.geteuid() == 0 and "XDG_CACHE_HOME" in env:
+        pytest.skip("root writes into a read-only folder anyway: run the tests as a user to check this one")
+    result = started(env={name: fill(value) for name, value in env.items()})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert fill(expected) in lines[0] and "Traceback" not in result.stderr
+
+
+def test_no_demo_is_written_when_both_locations_are_set(db_path, files_root, tmp_path):
+    cache = tmp_path / "cache"
+    result = started(env={"MCP_DB_PATH": str(db_path), "MCP_FILES_ROOT": str(files_root), "XDG_CACHE_HOME": str(cache)})
+    assert result.returncode == 0 and "serving your SQLite" in result.stderr
+    assert not cache.exists()
+
+
+@pytest.mark.parametrize(("name", "close"), [("MCP_MAXROWS", "MCP_MAX_ROWS"), ("MCP_DB_PAHT", "MCP_DB_PATH"),
+                                             ("MCP_SOMETHING_ELSE", None)])  # fmt: skip
+def test_a_misspelled_setting_is_named_with_its_closest_match(db_path, files_root, name, close):
+    result = started(env={"MCP_DB_PATH": str(db_path), "MCP_FILES_ROOT": str(files_root), name: "50"})
+    warning = next(line for line in result.stderr.splitlines() if name in line)
+    assert result.returncode == 0 and "is not a setting of this server" in warning  # a warning: it still starts
+    assert (f"did you mean {close}?" in warning) if close else ("did you mean" not in warning)
+
+
+async def test_a_request_without_the_token_is_told_how_to_send_it(guarded):
+    transport, port = guarded
+    path = "/mcp" if transport == "http" else "/sse"
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if transport == "http":
+        connection.request("POST", path, body=INITIALIZE, headers=headers)
+    else:
+        connection.request("GET", path, headers=headers)
+    response = connection.getresponse()
+    body, challenge = json.loads(response.read()), response.getheader("WWW-Authenticate")
+    connection.request("POST", "/register", body="{}", headers={"Content-Type": "application/json"})
+    registration = connection.getresponse()
+    registration_body = json.loads(registration.read())
+    connection.close()
+    assert response.status == 401 and challenge.startswith("Bearer")
+    assert "Authorization: Bearer" in body["error"]["message"]  # what MCP clients show the user
+    assert registration.status == 403 and "no OAuth" in registration_body["error_description"]
