@@ -679,7 +679,8 @@ def _explain(exc: Exception, refusals: list[str], deadline: Deadline) -> QueryRe
         return deadline.missed()
     if isinstance(exc, MemoryError) or "too big" in text or "out of memory" in text:
         return memory_refusal()
-    if "database or disk is full" in text or "File too large" in text:
+    # A spill file past the worker's file-size limit fails its write (EFBIG): SQLITE_IOERR_WRITE.
+    if "database or disk is full" in text or getattr(exc, "sqlite_errorname", "") == "SQLITE_IOERR_WRITE":
         return QueryRefused(
             "the query needs more temporary space than this server allows one sort; narrow it, or sort fewer rows"
         )
@@ -1182,7 +1183,7 @@ def _explain_postgres(exc: Exception, deadline: Deadline, lost: bool) -> QueryRe
         return QueryRefused(f"only read-only statements are allowed: {text}; this server can only read")
     if sqlstate == "57014":  # query_canceled: statement_timeout, or our cancel at the deadline or on request
         return deadline.missed()
-    if sqlstate == "53200" or "out of memory" in text:
+    if sqlstate == "53200" or "out of memory" in text or "cannot allocate memory" in text:  # the worker's limit
         return memory_refusal()
     if sqlstate == "53400":  # configuration_limit_exceeded: temp_file_limit
         return QueryRefused(f"PostgreSQL refused: {text}; the query needs more temporary space than it allows")
@@ -2409,7 +2410,8 @@ OTHER_PROCESS = (
     " balancer); rerun the query, or send each client's calls to one process"
 )
 READ_TIMEOUT_S = 10.0  # an HTTP request's head, and each piece of its body, must arrive within this
-MAX_CONNECTIONS = 128  # open HTTP connections and streams; a request past it gets 503 at once
+MAX_PENDING_HEADS = 64  # connections still sending their request's head; one more closes the oldest of them
+MAX_CONNECTIONS = 512  # open HTTP connections and streams; a request past it gets 503 at once
 MAX_SESSIONS = 100  # live MCP sessions over streamable HTTP; a new one past it gets 503
 SESSION_IDLE_S = 600  # a streamable HTTP session that nobody used for ten minutes ends
 
@@ -2429,6 +2431,7 @@ class DataServer(FastMCP):
                 " anyone who can reach it could read your data. Set a token or bind 127.0.0.1."
             )
         kwargs.setdefault("host_origin_protection", "auto")  # Host/Origin checks on loopback
+        _allow_open_files(2 * MAX_CONNECTIONS)
         kwargs["uvicorn_config"] = {
             "http": TimedH11Protocol,  # slow or half-sent requests are closed, not kept forever
             "limit_concurrency": MAX_CONNECTIONS,
@@ -2458,6 +2461,19 @@ class DataServer(FastMCP):
 
         app.router.lifespan_context = lifespan
         return app
+
+
+def _allow_open_files(count: int) -> None:
+    """Raise this process's soft limit on open files to `count` where it is lower (macOS starts at 256),
+    so that every connection the caps allow has a file descriptor."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < count:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (count if hard == resource.RLIM_INFINITY else min(count, hard), hard)
+            )
 
 
 class ExplainUnauthorized:
@@ -2493,12 +2509,23 @@ class ExplainUnauthorized:
 class TimedH11Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with read deadlines: a request's head must arrive whole within
     READ_TIMEOUT_S of the connection (or of the previous request), and each piece of its body
-    within READ_TIMEOUT_S of the last; otherwise the connection closes (a late head gets 408)."""
+    within READ_TIMEOUT_S of the last; otherwise the connection closes (a late head gets 408).
+
+    And at most MAX_PENDING_HEADS connections may be sending a head at once: one more closes the
+    oldest of them. A real client sends its head at once, so it is never the oldest; a flood of
+    half-sent requests can only crowd out itself, never keep a real client out.
+    """
 
     _read_timer: asyncio.TimerHandle | None = None
+    pending_heads: ClassVar[dict[TimedH11Protocol, None]] = {}  # connections awaiting a head, oldest first
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        while len(TimedH11Protocol.pending_heads) >= MAX_PENDING_HEADS:
+            oldest = next(iter(TimedH11Protocol.pending_heads))
+            TimedH11Protocol.pending_heads.pop(oldest)
+            oldest.transport.close()
+        TimedH11Protocol.pending_heads[self] = None
         self._arm_read_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -2507,12 +2534,15 @@ class TimedH11Protocol(H11Protocol):
         if state is h11.IDLE:  # reading a head: one deadline for all of it, however it trickles in
             if self._read_timer is None and not self.transport.is_closing():
                 self._arm_read_timer()
-        elif state is h11.SEND_BODY:  # reading a body: the deadline restarts with every piece
+            return
+        TimedH11Protocol.pending_heads.pop(self, None)
+        if state is h11.SEND_BODY:  # reading a body: the deadline restarts with every piece
             self._arm_read_timer()
         else:  # the request is read: from here on it is the server's time, not the client's
             self._cancel_read_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        TimedH11Protocol.pending_heads.pop(self, None)
         self._cancel_read_timer()
         super().connection_lost(exc)
 
