@@ -1334,14 +1334,18 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict | list):
-            if depth > limit:
-                return True
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    """Whether containers nest deeper than `limit`, walked with one iterator per level: the memory it
+    takes grows with the depth, not with the number of containers (a file of `[],` has millions)."""
+    levels = [iter([value])]
+    while levels:
+        for node in levels[-1]:
+            if isinstance(node, dict | list):
+                if len(levels) > limit:
+                    return True
+                levels.append(iter(node.values() if isinstance(node, dict) else node))
+                break
+        else:
+            levels.pop()
     return False
 
 
