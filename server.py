@@ -1424,6 +1424,7 @@ def serve_worker(stdin: BinaryIO, stdout: BinaryIO) -> None:
     write_frame(stdout, {"ok": True, "pid": os.getpid()})
     operations, results = engine.operations(), getattr(engine, "results", None)
     while True:
+        cancelled.clear()  # from here on, an interrupt is for the request read next
         # While results are open, wake up to release each one that expires, even with no call coming.
         if results is not None and (wait := results.next_expiry()) is not None and not _readable(stdin, wait):
             results.sweep()
@@ -1431,7 +1432,6 @@ def serve_worker(stdin: BinaryIO, stdout: BinaryIO) -> None:
         if (frame := read_frame(stdin)) is None:
             break
         request, _ = frame
-        cancelled.clear()
         deadline = Deadline(request.get("timeout", 5.0), cancelled, stated=request.get("deadline"))
         reply, body = _answer(operations, request, deadline)
         if (backend := getattr(engine, "backend_pid", None)) is not None:
@@ -2031,13 +2031,16 @@ class PendingCall:
 
     def __init__(self, deadline: Deadline, worker: Worker):
         self.deadline, self.worker = deadline, worker
-        self.limit = anyio.CancelScope()  # the exchange's own time limit, set when it starts
+        self.limit = anyio.CancelScope()  # the exchange's own time limit
+        self.sent = self.abandoned = False
         self.outcome: tuple[dict[str, Any], bytes] | BaseException = RuntimeError("no outcome")
         self.done = anyio.Event()
 
     def abandon(self) -> None:
         """The caller is gone: stop the statement, and wait at most GRACE_S more for the worker."""
-        self.worker.interrupt()
+        self.abandoned = True
+        if self.sent:
+            self.worker.interrupt()
         self.limit.deadline = min(self.limit.deadline, anyio.current_time() + GRACE_S)
 
 
@@ -2103,7 +2106,8 @@ class WorkerPool:
                 if worker is None and len(self.workers) + self.starting < self.size:
                     self.starting += 1
                     try:
-                        worker = await self._launch()
+                        with anyio.CancelScope(shield=True):  # a worker launched is a worker counted
+                            worker = await self._launch()
                     finally:
                         self.starting -= 1
                     self.workers.append(worker)
@@ -2134,11 +2138,16 @@ class WorkerPool:
         deadline, worker, keep = pending.deadline, pending.worker, False
         with anyio.CancelScope(shield=True):
             try:
-                pending.limit.deadline = anyio.current_time() + deadline.remaining() + GRACE_S
+                limit = anyio.current_time() + deadline.remaining() + GRACE_S
+                pending.limit.deadline = min(pending.limit.deadline, limit)
                 with pending.limit:
                     timing = {"timeout": deadline.remaining(), "deadline": deadline.seconds}
-                    reply, body = await worker.exchange({**request, **timing})
-                    pending.outcome = _outcome(self.job, reply, body)
+                    if pending.abandoned:  # gone before its request left: nothing to stop
+                        pending.outcome = deadline.missed()
+                    else:
+                        pending.sent = True
+                        reply, body = await worker.exchange({**request, **timing})
+                        pending.outcome = _outcome(self.job, reply, body)
                     keep = self.freed is not None  # while the pool runs, the worker waits for the next call
                 if pending.limit.cancelled_caught:  # no answer in time: killed below, whatever it was doing
                     log.warning("a %s worker had not answered %s s past its deadline: killed", self.job, GRACE_S)
