@@ -1,7 +1,8 @@
 """Safe, read-only access to a SQLite or PostgreSQL database and a folder of JSON files for AI assistants.
 
 One FastMCP server exposes:
-  tools      query_database, ask_database, list_tables, describe_table, read_json, list_files
+  tools      query_database, next_page, ask_database, list_tables, search_schema, describe_table,
+             read_json, list_files
   resources  config://app/settings, schema://tables, schema://tables/{table}
 
 The database engine itself enforces read-only (SQLite: a `mode=ro` connection, `PRAGMA query_only`
@@ -1160,7 +1161,8 @@ def _refuse_privileged_role(conn: Any) -> None:
         log.error("the PostgreSQL role %r %s", conn.info.user, what)
         raise QueryRefused(
             f"the PostgreSQL role in the database URL {what}, which PostgreSQL lets read server files and run"
-            " programs even inside a read-only transaction; connect as a role that can only read (see the README)"
+            " programs even inside a read-only transaction; connect as a role that can only read"
+            " (docs/postgresql.md has the recipe)"
         )
 
 
@@ -1394,8 +1396,9 @@ def serve_worker(stdin: BinaryIO, stdout: BinaryIO) -> None:
        call's seconds (for messages), ...arguments}, and exactly one reply each: {"ok": true,
        ...results} with a body (a page's rows, a document: JSON), or {"ok": false, "error":
        message} for what the caller can fix, or {"ok": false, "internal": description} for a bug,
-       whose traceback the worker logged. A PostgreSQL worker's replies also say "backend": the
-       process id of its session on the server.
+       whose traceback the worker logged. A database worker's replies also say "open_results": how
+       many it holds open for later pages, and a PostgreSQL worker's "backend": the process id of
+       its session on the server.
     3. SIGUSR1 cancels the request in progress at its next step (its reply says "cancelled"). SIGINT
        is ignored: Ctrl-C in a terminal reaches the whole process group, and the parent decides. A
        worker stops at the end of its input, and also as soon as its parent is gone.
@@ -1436,6 +1439,8 @@ def serve_worker(stdin: BinaryIO, stdout: BinaryIO) -> None:
         reply, body = _answer(operations, request, deadline)
         if (backend := getattr(engine, "backend_pid", None)) is not None:
             reply["backend"] = backend
+        if results is not None:
+            reply["open_results"] = len(results.open)
         write_frame(stdout, reply, body)
     engine.close()
 
@@ -1973,6 +1978,7 @@ class Worker:
         self.busy = False  # running a call
         self.opened = False  # whether the reply to the opening frame has been read
         self.backend: int | None = None  # its PostgreSQL session, ended for it if it has to be killed
+        self.open_results = 0  # results it holds open for later pages
 
     @classmethod
     async def launch(cls, job: str, opening: dict[str, Any]) -> Worker:
@@ -2001,6 +2007,7 @@ class Worker:
         except (anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise WorkerLost(type(exc).__name__) from None
         self.backend = reply.get("backend", self.backend)
+        self.open_results = reply.get("open_results", self.open_results)
         return reply, body
 
     async def exchange(self, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
@@ -2098,12 +2105,13 @@ class WorkerPool:
         return {**reply, "worker": pending.worker.id}, body
 
     async def _take(self, deadline: Deadline, worker_id: int | None) -> Worker:
-        """A free worker, marked busy: an idle one, a new one while the pool is not full, or the one asked
-        for; waiting for one to come free until the deadline."""
+        """A free worker, marked busy: the one asked for, or else the idle one holding the fewest results
+        open (so that open results spread over the workers), or a new one while the pool is not full and
+        every idle one holds some; waiting for one to come free until the deadline."""
         while True:
             if worker_id is None:
-                worker = next((w for w in self.workers if not w.busy), None)
-                if worker is None and len(self.workers) + self.starting < self.size:
+                worker = min((w for w in self.workers if not w.busy), key=lambda w: w.open_results, default=None)
+                if (worker is None or worker.open_results) and len(self.workers) + self.starting < self.size:
                     self.starting += 1
                     try:
                         with anyio.CancelScope(shield=True):  # a worker launched is a worker counted
@@ -2872,7 +2880,7 @@ def check_database(settings: Settings, opening: dict[str, Any]) -> None:
         return
     import psycopg
 
-    name = next((n for n in ("MCP_DATABASE_URL", "DATABASE_URL") if n in os.environ), "MCP_DATABASE_URL")
+    name = next((n for n in ("MCP_DATABASE_URL", "DATABASE_URL") if n in given_settings()), "MCP_DATABASE_URL")
     try:
         with psycopg.connect(opening["config"]["conninfo"], autocommit=True, connect_timeout=3) as conn:
             _refuse_privileged_role(conn)

@@ -2725,3 +2725,15 @@ async def test_a_request_without_the_token_is_told_how_to_send_it(guarded):
     assert response.status == 401 and challenge.startswith("Bearer")
     assert "Authorization: Bearer" in body["error"]["message"]  # what MCP clients show the user
     assert registration.status == 403 and "no OAuth" in registration_body["error_description"]
+
+
+async def test_open_results_spread_over_the_workers(tmp_path, files_root):
+    db = wal_database(tmp_path / "spread.db", 1000)
+    server = create_server(Settings(db_path=db, files_root=files_root, pool_size=3, max_open_results=6))
+    async with Client(server) as client:  # one call at a time: each still finds a worker with room
+        pages = [
+            await call(client, "query_database", query=f"SELECT id + {i} FROM items", max_rows=10) for i in range(6)
+        ]
+        assert len(workers_of(os.getpid(), "database")) == 3
+        for i, page in enumerate(pages):  # none of the six was released to make room for another
+            assert (await call(client, "next_page", cursor=page["next_cursor"]))["rows"][0] == [11 + i]
