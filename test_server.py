@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -2414,3 +2415,169 @@ async def test_list_tables_is_bounded(tmp_path, files_root, monkeypatch):
     async with Client(create_server(Settings(db_path=db, files_root=files_root))) as client:
         result = await call(client, "list_tables")
     assert [t["name"] for t in result["tables"]] == ["t0", "t1", "t2"] and result["truncated"] is True
+
+
+# --- Hard bounds: one hostile statement never hangs, starves or kills the server ---
+# Each attack below outran its deadline, starved other calls or grew the server past any memory limit
+# when statements ran in the server's own threads; each now meets a bound that holds by construction.
+
+WITHIN_S = DEADLINE_MS / 1000 + 2  # an answer or a clear error arrives by the deadline plus two seconds
+MEMORY_CAP_KIB = 1024 * 1024  # a server and all its workers together stay under 1 GiB
+MASKED = "Error calling tool"  # what a client sees of an internal error: never an acceptable refusal
+
+# One SQLite function call each, which the progress handler cannot interrupt: 9-20 s here, alone.
+UNINTERRUPTIBLE = {
+    "ltrim": "SELECT length(ltrim(printf('%.*c', 60000, 'a'), printf('%.*c', 60000, 'b') || 'a'))",
+    "trim": "SELECT length(trim(printf('%.*c', 60000, 'a'), printf('%.*c', 60000, 'b') || 'a'))",
+    "instr": "SELECT instr(printf('%.*c', 1600000, 'a'), printf('%.*c', 800000, 'a') || 'b')",
+    "replace": "SELECT length(replace(printf('%.*c', 1600000, 'a'), printf('%.*c', 800000, 'a') || 'b', 'x'))",
+    "like": "SELECT printf('%.*c', 160000, 'a') LIKE '%' || printf('%.*c', 49990, 'a') || 'b'",
+    "glob": "SELECT printf('%.*c', 160000, 'a') GLOB '*' || printf('%.*c', 49990, 'a') || 'b'",
+}
+
+
+async def outcome(client: Client, tool: str, patience: float = 60, **arguments: Any) -> tuple[float, Any]:
+    """How long one call took, and its result (an error too). A call that has not ended after `patience`
+    seconds fails the test instead of hanging it."""
+    started = time.monotonic()
+    result = await asyncio.wait_for(client.call_tool(tool, arguments, raise_on_error=False), patience)
+    return time.monotonic() - started, result
+
+
+def is_clear_error(result: Any, pattern: str) -> bool:
+    """A tool error whose text names the problem (matches `pattern`), not the masked internal one."""
+    text = answer_text(result)
+    return result.is_error and MASKED not in text and re.search(pattern, text) is not None
+
+
+def answered_or_refused(result: Any, pattern: str) -> bool:
+    """An answer within the reply limit, or a clear error that matches `pattern`."""
+    if result.is_error:
+        return is_clear_error(result, pattern)
+    return answer_bytes(result) <= server.MAX_REPLY_BYTES
+
+
+@contextlib.contextmanager
+def peak_rss(pid: int) -> Iterator[list[int]]:
+    """The peak resident memory (KiB) of `pid` and its workers while the block runs, as `[peak]`:
+    sampled every 50 ms by a thread, which keeps sampling while the event loop is busy."""
+    peak, done = [family_rss_kib(pid)], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], family_rss_kib(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], family_rss_kib(pid))
+
+
+@pytest.mark.parametrize("sql", UNINTERRUPTIBLE.values(), ids=UNINTERRUPTIBLE)
+async def test_an_uninterruptible_function_call_ends_at_its_deadline(make_server, sql):
+    async with Client(make_server(query_timeout_ms=DEADLINE_MS)) as client:
+        elapsed, result = await outcome(client, "query_database", query=sql)
+        assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    assert is_clear_error(result, f"ran past its {DEADLINE_MS} ms deadline"), answer_text(result)
+    assert elapsed < WITHIN_S, elapsed
+
+
+@pytest.mark.parametrize(("tool", "arguments"), [("list_tables", {}), ("describe_table", {"table": "slow"})])
+async def test_introspecting_a_view_that_never_finishes_ends_at_its_deadline(make_server, db_path, tool, arguments):
+    condition = UNINTERRUPTIBLE["ltrim"].removeprefix("SELECT ")
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:  # counting its rows evaluates the condition
+        conn.execute(f"CREATE VIEW slow AS SELECT 1 AS one WHERE {condition} >= 0")
+        conn.commit()
+    async with Client(make_server(query_timeout_ms=DEADLINE_MS)) as client:
+        elapsed, result = await outcome(client, tool, **arguments)
+        assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    assert elapsed < WITHIN_S, elapsed
+    assert not result.is_error or is_clear_error(result, "deadline"), answer_text(result)
+
+
+async def test_fifty_slow_calls_starve_neither_the_files_nor_each_other(make_server):
+    async with Client(make_server(query_timeout_ms=DEADLINE_MS)) as client:
+        await call(client, "read_json", filepath="config.json")  # the file worker is up before the storm
+        slow = [SLOW, UNINTERRUPTIBLE["ltrim"]]  # interruptible and not, each far longer than the deadline
+        storm = [asyncio.create_task(outcome(client, "query_database", query=slow[i % 2])) for i in range(50)]
+        await asyncio.sleep(0.3)
+        meanwhile = []
+        for tool, arguments in [
+            ("list_files", {"pattern": "**/*.json"}),
+            ("read_json", {"filepath": "nested/item.json"}),
+        ]:
+            for _ in range(2):
+                meanwhile.append((tool, *await outcome(client, tool, **arguments)))
+        done, pending = await asyncio.wait(storm, timeout=WITHIN_S + 1)
+        for task in pending:
+            task.cancel()
+        assert not pending, f"{len(pending)} of 50 slow calls still running after {WITHIN_S + 1} s"
+        assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    for tool, elapsed, result in meanwhile:
+        assert not result.is_error and elapsed < 1.0, (tool, elapsed, answer_text(result))
+    for elapsed, result in (task.result() for task in done):
+        assert is_clear_error(result, "deadline|the server is busy"), answer_text(result)
+        assert elapsed < WITHIN_S, elapsed
+
+
+async def seconds_until_idle(pid: int, since: float, give_up: float = 10) -> float:
+    """When, counted from `since`, the CPU use of a server and its workers fell to idle (busy() under 0.15
+    over a quarter second that started then): quarter seconds back to back, until one is idle."""
+    while (start := time.monotonic()) < since + give_up:
+        if await busy(pid, 0.25) < 0.15:
+            return start - since
+    return math.inf
+
+
+async def test_cancelled_uninterruptible_calls_leave_the_cpu_idle(make_server):
+    async with Client(make_server(query_timeout_ms=60_000, pool_size=5)) as client:
+        calls = [
+            asyncio.create_task(client.call_tool("query_database", {"query": UNINTERRUPTIBLE["ltrim"]}))
+            for _ in range(5)
+        ]
+        await asyncio.sleep(1)
+        assert await busy(os.getpid()) > 0.3  # they run, in the workers
+        for task in calls:
+            task.cancel()
+        cancelled = time.monotonic()
+        await asyncio.gather(*calls, return_exceptions=True)
+        assert await seconds_until_idle(os.getpid(), cancelled) < 2  # each worker is killed a second after its cancel
+        assert (await call(client, "query_database", query="SELECT 2"))["rows"] == [[2]]
+
+
+FIVE_SLOW_CALLS = """
+import asyncio, sys
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
+async def main():
+    async with Client(StreamableHttpTransport(sys.argv[1])) as client:
+        calls = [asyncio.create_task(client.call_tool("query_database", {"query": sys.argv[2]})) for _ in range(5)]
+        await asyncio.sleep(0.5)
+        print("calling", flush=True)
+        await asyncio.gather(*calls)
+asyncio.run(main())
+"""
+
+
+async def test_a_client_killed_mid_uninterruptible_calls_leaves_the_cpu_idle(network_env, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    env = {**network_env, "MCP_QUERY_TIMEOUT_MS": "60000", "MCP_POOL_SIZE": "5"}  # only the disconnect can stop them
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port) as process:
+        await start_every_worker(url)
+        command = [PYTHON, "-c", FIVE_SLOW_CALLS, url, UNINTERRUPTIBLE["ltrim"]]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as slow:
+            try:
+                assert slow.stdout.readline().strip() == "calling"
+                await asyncio.sleep(1)
+                assert await busy(process.pid) > 0.3
+            finally:
+                slow.kill()
+        killed = time.monotonic()
+        assert await seconds_until_idle(process.pid, killed) < 2
+        async with Client(StreamableHttpTransport(url)) as client:
+            assert (await call(client, "query_database", query="SELECT 2"))["rows"] == [[2]]
