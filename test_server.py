@@ -2581,3 +2581,93 @@ async def test_a_client_killed_mid_uninterruptible_calls_leaves_the_cpu_idle(net
         assert await seconds_until_idle(process.pid, killed) < 2
         async with Client(StreamableHttpTransport(url)) as client:
             assert (await call(client, "query_database", query="SELECT 2"))["rows"] == [[2]]
+
+
+def wire_client(url: str) -> Client:
+    """A client over streamable HTTP that takes any answer up to the server's limit: the SDK's own stops
+    at SSE events of 1 MiB, a quarter of what one answer may be."""
+    return Client(StreamableHttpTransport(url, max_sse_event_size=server.MAX_REPLY_BYTES))
+
+
+EIGHT = "r(i) AS (VALUES (1), (2), (3), (4), (5), (6), (7), (8))"
+HUGE_COLUMNS = ", ".join(["zeroblob(16000000)"] * 30)  # 480 MB a row
+HUGE_ROWS = {
+    "huge rows": f"WITH {EIGHT} SELECT {HUGE_COLUMNS} FROM r",
+    # 504 small rows first: a fetch batch that grows while rows are small would take all eight at once
+    "after 504 small rows": (
+        f"WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 504), {EIGHT}"
+        f" SELECT {', '.join(['i'] * 30)} FROM s UNION ALL SELECT {HUGE_COLUMNS} FROM r"
+    ),
+}
+
+
+@pytest.mark.parametrize("sql", HUGE_ROWS.values(), ids=HUGE_ROWS)
+async def test_huge_rows_on_every_worker_at_once_stay_within_memory(network_env, tmp_path, sql):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    env = {**network_env, "MCP_QUERY_TIMEOUT_MS": "5000", "MCP_POOL_SIZE": "4"}
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port) as process:
+        async with wire_client(url) as client:
+            with peak_rss(process.pid) as peak:
+                outcomes = await asyncio.gather(*(outcome(client, "query_database", query=sql) for _ in range(4)))
+            assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    for elapsed, result in outcomes:
+        assert answered_or_refused(result, "memory|larger than an answer may be|deadline"), answer_text(result)[:300]
+        assert elapsed < 5 + 2, elapsed
+    assert peak[0] < MEMORY_CAP_KIB, f"{peak[0] // 1024} MiB"
+
+
+CONTROL_CELL = "printf('%.*c', 10000, char(1))"  # 10,000 characters: not cut, but 60,000 bytes as JSON
+WIDE_ANSWERS = {
+    "1000 rows": (
+        f"WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 1000) SELECT {CONTROL_CELL} FROM s"
+    ),
+    "2000 columns": f"WITH t(x) AS (SELECT {CONTROL_CELL}) SELECT {', '.join(['x'] * 2000)} FROM t",  # SQLite's most
+}
+
+
+@pytest.mark.parametrize("sql", WIDE_ANSWERS.values(), ids=WIDE_ANSWERS)
+async def test_control_characters_never_swell_an_answer_past_its_limit(network_env, tmp_path, sql):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    with running("server.py", "--transport", "http", env=network_env, logs=tmp_path / "logs", port=port) as process:
+        async with wire_client(url) as client:
+            with peak_rss(process.pid) as peak:
+                elapsed, result = await outcome(client, "query_database", query=sql)
+            assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    assert answered_or_refused(result, "larger than an answer may be|memory"), answer_text(result)[:300]
+    assert result.is_error or result.structured_content["row_count"] > 0
+    assert elapsed < 5 + 2, elapsed
+    assert peak[0] < MEMORY_CAP_KIB, f"{peak[0] // 1024} MiB"
+
+
+def write_json_bombs(root: Path) -> None:
+    """Just under 4 MiB of 1e15 (each 18 bytes once parsed and encoded again), and 9.9 MB of empty arrays
+    (seconds and ~550 MB to parse with json.loads)."""
+    (root / "floats.json").write_bytes(b"[" + b",".join([b"1e15"] * 800_000) + b"]")
+    (root / "empties.json").write_bytes(b"[" + b",".join([b"[]"] * 3_300_000) + b"]")
+
+
+@pytest.mark.parametrize(
+    ("filepath", "deadline_ms", "refusal"),
+    [
+        ("floats.json", 5000, "JSON Pointer"),
+        ("empties.json", DEADLINE_MS, "JSON Pointer|memory|deadline"),
+    ],
+)
+async def test_a_json_bomb_is_answered_or_refused_in_bounded_time_and_memory(
+    network_env, files_root, tmp_path, filepath, deadline_ms, refusal
+):
+    write_json_bombs(files_root)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    env = {**network_env, "MCP_QUERY_TIMEOUT_MS": str(deadline_ms), "MCP_MAX_FILE_BYTES": str(10 * 2**20)}
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port) as process:
+        async with wire_client(url) as client:
+            with peak_rss(process.pid) as peak:
+                elapsed, result = await outcome(client, "read_json", filepath=filepath)
+            assert (await call(client, "read_json", filepath="nested/item.json"))["value"] == {"id": 7}
+            assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    assert answered_or_refused(result, refusal), answer_text(result)[:300]
+    assert elapsed < deadline_ms / 1000 + 2, elapsed
+    assert peak[0] < MEMORY_CAP_KIB, f"{peak[0] // 1024} MiB"
