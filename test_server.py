@@ -2784,3 +2784,26 @@ async def test_sessions_past_the_cap_get_503_and_an_existing_one_keeps_working(n
             assert (await call(client, "query_database", query="SELECT 2"))["rows"] == [[2]]
     assert statuses == [200] * (server.MAX_SESSIONS - 1) + [503], statuses
     assert peak[0] < MEMORY_CAP_KIB, f"{peak[0] // 1024} MiB"
+
+
+async def test_path_errors_never_name_the_files_root_or_the_scratch_folder(make_server, hostile):
+    root, scratch = hostile["root"], hostile["scratch"]
+    (root / "deep-loop").symlink_to("deep-loop/inner")  # a loop through its own subfolder
+    attempts = [
+        ("read_json", {"filepath": path})
+        for path in (
+            "loop-a", "loop-a/x.json", "deep-loop", "deep-loop/inner/x.json", "self/loop-b",
+            "../secret.json", "up/secret.json", "link-out.json", "chain.json", "dir-out/secret.json",
+            f"../{root.name}-private/secret.json", "nested/../../secret.json",
+        )
+    ] + [
+        ("list_files", {"directory": directory})
+        for directory in ("loop-a", "deep-loop", "..", "up", "dir-out", f"../{root.name}-private")
+    ]  # fmt: skip
+    absolute = {str(root), str(root.resolve()), str(scratch), str(scratch.resolve())}
+    async with Client(make_server()) as client:
+        for tool, arguments in attempts:
+            result = await client.call_tool(tool, arguments, raise_on_error=False)
+            text = answer_text(result)
+            assert is_clear_error(result, "symlink loop|outside the files root|cannot resolve"), (arguments, text)
+            assert not any(path in text for path in absolute), (arguments, text)
