@@ -33,7 +33,23 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 
 from server import Settings, create_server
-from test_server import EXPECTED_TOOLS, HERE, PYTHON, answering, build_files, call, error_of, free_port, serving
+from test_server import (
+    DEADLINE_MS,
+    EXPECTED_TOOLS,
+    HERE,
+    PYTHON,
+    WITHIN_S,
+    answer_text,
+    answering,
+    build_files,
+    call,
+    error_of,
+    free_port,
+    is_clear_error,
+    outcome,
+    running,
+    serving,
+)
 
 HOW_TO_ENABLE = (
     "install PostgreSQL (apt-get install postgresql: the tests start their own cluster)"
@@ -846,3 +862,82 @@ async def test_stateless_http_processes_behind_a_load_balancer(library, files_ro
             assert (await call(client, "read_json", filepath="nested/item.json"))["value"] == {"id": 7}
             assert "only read-only" in await error_of(client, "query_database", query="DELETE FROM books")
     assert set(balancer.served) == set(ports) and len(balancer.served) >= 10
+
+
+# --- Hard bounds: one hostile statement never hangs, starves or kills the server ---------------------------
+
+
+def with_application_name(url: str, name: str) -> str:
+    """`url` whose sessions show as `name` in pg_stat_activity, so a test can find exactly its own."""
+    return f"{url}{'&' if '?' in url else '?'}application_name={name}"
+
+
+def backends_of(library: Library, role: str, application: str) -> int:
+    (count,) = admin_query(
+        library,
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND application_name = %s",
+        (role, application),
+    )[0]
+    return count
+
+
+SWALLOWS_CANCELS = (
+    "DO $$BEGIN LOOP BEGIN PERFORM pg_sleep(3600); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END$$"
+)
+
+
+async def test_statements_that_swallow_cancels_end_at_the_deadline_and_leave_no_backend(library, files_root, tmp_path):
+    role = urllib.parse.urlsplit(library.owner).username
+    application = f"bounds-{secrets.token_hex(3)}"
+    port = free_port()
+    env = {
+        "DATABASE_URL": with_application_name(library.owner, application),
+        "MCP_FILES_ROOT": str(files_root),
+        "MCP_POOL_SIZE": "5",
+        "MCP_QUERY_TIMEOUT_MS": str(DEADLINE_MS),
+        "MCP_LOG_LEVEL": "WARNING",
+    }
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port):
+        async with Client(StreamableHttpTransport(f"http://127.0.0.1:{port}/mcp")) as client:
+            outcomes = await asyncio.gather(
+                *(outcome(client, "query_database", patience=30, query=SWALLOWS_CANCELS) for _ in range(5))
+            )
+            await alive(client)
+    for elapsed, result in outcomes:
+        assert is_clear_error(result, f"ran past its {DEADLINE_MS} ms deadline"), answer_text(result)
+        assert elapsed < WITHIN_S, elapsed
+    for _ in range(50):  # the server process has exited: within 5 s none of its sessions is left
+        if (left := backends_of(library, role, application)) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert left == 0, f"{left} backends of {role} still running"
+
+
+# Planned as one constant, which PostgreSQL computes without looking for a cancel: ~7 s here, alone.
+UNINTERRUPTIBLE_NUMERIC = "SELECT (" + " + ".join(["mod(2::numeric ^ 435000, 3::numeric ^ 270000)"] * 25) + ") > 0"
+
+
+async def test_numeric_work_postgresql_cannot_interrupt_does_not_hold_the_pool(make_server, library):
+    # One worker: its killed session's backend computes on, a core to itself, and the replacement worker
+    # starts on the other. (With a backend per core, the replacement's start-up waits for CPU instead.)
+    application = f"bounds-{secrets.token_hex(3)}"
+    deadline_ms = 2000
+    url = with_application_name(library.owner, application)
+    try:
+        async with Client(make_server(url, pool_size=1, query_timeout_ms=deadline_ms)) as client:
+            await alive(client)
+            took, result = await outcome(client, "query_database", patience=30, query=UNINTERRUPTIBLE_NUMERIC)
+            elapsed, normal = await outcome(client, "query_database", query="SELECT count(*) FROM books")
+    finally:  # the backend finishes its sum by itself: wait, so later tests have the CPU
+        for _ in range(300):
+            if not admin_query(
+                library,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active'",
+                (application,),
+            )[0][0]:
+                break
+            await asyncio.sleep(0.1)
+    assert is_clear_error(result, f"ran past its {deadline_ms} ms deadline"), answer_text(result)
+    assert took < deadline_ms / 1000 + 2, took
+    assert not normal.is_error and normal.structured_content["rows"] == [[3]], answer_text(normal)
+    assert elapsed < deadline_ms / 1000 + 2, elapsed
