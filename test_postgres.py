@@ -32,13 +32,16 @@ import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 
+import server
 from server import Settings, create_server
 from test_server import (
     DEADLINE_MS,
     EXPECTED_TOOLS,
     HERE,
+    MEMORY_CAP_KIB,
     PYTHON,
     WITHIN_S,
+    answer_bytes,
     answer_text,
     answering,
     build_files,
@@ -47,8 +50,10 @@ from test_server import (
     free_port,
     is_clear_error,
     outcome,
+    peak_rss,
     running,
     serving,
+    wire_client,
 )
 
 HOW_TO_ENABLE = (
@@ -941,3 +946,93 @@ async def test_numeric_work_postgresql_cannot_interrupt_does_not_hold_the_pool(m
     assert took < deadline_ms / 1000 + 2, took
     assert not normal.is_error and normal.structured_content["rows"] == [[3]], answer_text(normal)
     assert elapsed < deadline_ms / 1000 + 2, elapsed
+
+
+@pytest.mark.parametrize(
+    ("sql", "cut"),
+    [
+        pytest.param("SELECT array_fill(0, ARRAY[30000000])", "…[30000000 items]", id="30 million items"),
+        pytest.param(
+            "SELECT repeat('x', 500000000)",
+            "…[500000000 chars]",
+            id="500 MB of text",
+            marks=pytest.mark.xfail(
+                reason="libpq's 'cannot allocate memory for input buffer' breaks the connection, and"
+                " _explain_postgres reports a lost connection as 'cannot reach PostgreSQL, or it refused the login'",
+                strict=True,
+            ),
+        ),
+    ],
+)
+async def test_a_huge_value_is_cut_or_refused_in_bounded_memory(library, files_root, tmp_path, sql, cut):
+    port = free_port()
+    deadline_ms = 20_000  # long enough for PostgreSQL to build and send the value: the memory bound decides
+    env = {
+        "DATABASE_URL": library.owner,
+        "MCP_FILES_ROOT": str(files_root),
+        "MCP_QUERY_TIMEOUT_MS": str(deadline_ms),
+        "MCP_LOG_LEVEL": "WARNING",
+    }
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port) as process:
+        async with wire_client(f"http://127.0.0.1:{port}/mcp") as client:
+            with peak_rss(process.pid) as peak:
+                elapsed, result = await outcome(client, "query_database", query=sql)
+            await alive(client)
+    if result.is_error:
+        assert is_clear_error(result, "memory"), answer_text(result)
+    else:
+        assert answer_bytes(result) <= server.MAX_REPLY_BYTES
+        assert json.dumps(result.structured_content["rows"][0][0], ensure_ascii=False).endswith(f'{cut}"]')
+    assert elapsed < deadline_ms / 1000 + 2, elapsed
+    assert peak[0] < MEMORY_CAP_KIB, f"{peak[0] // 1024} MiB"
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT txid_current()", "took a transaction id"),
+        ("SELECT pg_current_xact_id()", "took a transaction id"),
+        ("SET transaction_read_only = off", "read-write mode must be set before any query|no columns"),
+        ("SET TRANSACTION READ WRITE", "read-write mode must be set before any query|no columns"),
+    ],
+)
+async def test_a_transaction_id_or_a_writable_transaction_is_refused(make_server, unchanged, sql, expected):
+    async with Client(make_server(pool_size=1)) as client:
+        _, result = await outcome(client, "query_database", query=sql)
+        assert "only read-only" in await error_of(client, "query_database", query="DELETE FROM books")
+        await alive(client)
+    assert is_clear_error(result, expected), answer_text(result)
+
+
+@pytest.fixture
+def role_that_may_not_log_in(library: Library) -> Iterator[str]:
+    """The throwaway cluster trusts every login, so a refused one is a role without LOGIN (SQLSTATE 28000,
+    the class of a wrong password's 28P01)."""
+    role = f"safe_data_nologin_{secrets.token_hex(3)}"
+    with psycopg.connect(library.admin, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} NOLOGIN PASSWORD 'unused'")
+    yield role
+    with psycopg.connect(library.admin, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("what", ["closed port", "refused login"])
+async def test_a_connection_error_names_no_host_port_or_role(library, files_root, role_that_may_not_log_in, what):
+    parts = urllib.parse.urlsplit(library.owner)
+    if what == "closed port":
+        role, port = parts.username, free_port()
+    else:
+        role, port = role_that_may_not_log_in, parts.port
+    url = f"postgresql://{role}:not-the-password@{parts.hostname}:{port}/{library.database}"
+    async with Client(
+        create_server(Settings(database_url=url, files_root=files_root, query_timeout_ms=2000))
+    ) as client:
+        messages = [
+            await error_of(client, "query_database", query="SELECT 1"),
+            await error_of(client, "list_tables"),
+            await error_of(client, "describe_table", table="books"),
+        ]
+    for message in messages:
+        assert "cannot reach PostgreSQL" in message, message
+        for secret in (parts.hostname, str(port), role, "not-the-password", library.database):
+            assert secret not in message, (secret, message)
