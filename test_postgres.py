@@ -52,6 +52,7 @@ from test_server import (
     outcome,
     peak_rss,
     running,
+    seconds_until_idle,
     serving,
     wire_client,
 )
@@ -902,11 +903,16 @@ async def test_statements_that_swallow_cancels_end_at_the_deadline_and_leave_no_
         "MCP_QUERY_TIMEOUT_MS": str(DEADLINE_MS),
         "MCP_LOG_LEVEL": "WARNING",
     }
-    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port):
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port) as process:
         async with Client(StreamableHttpTransport(f"http://127.0.0.1:{port}/mcp")) as client:
+            # Five workers first, each started within the deadline of the call that needs it: on a loaded
+            # machine that can take more than a second, so these calls may fail; then they are all up.
+            await asyncio.gather(*(outcome(client, "query_database", query="SELECT pg_sleep(0.3)") for _ in range(5)))
+            await seconds_until_idle(process.pid, time.monotonic())
             outcomes = await asyncio.gather(
                 *(outcome(client, "query_database", patience=30, query=SWALLOWS_CANCELS) for _ in range(5))
             )
+            await seconds_until_idle(process.pid, time.monotonic())  # the five killed workers' replacements are up
             await alive(client)
     for elapsed, result in outcomes:
         assert is_clear_error(result, f"ran past its {DEADLINE_MS} ms deadline"), answer_text(result)
