@@ -2431,7 +2431,8 @@ OTHER_PROCESS = (
     " balancer); rerun the query, or send each client's calls to one process"
 )
 READ_TIMEOUT_S = 10.0  # an HTTP request's head, and each piece of its body, must arrive within this
-MAX_PENDING_HEADS = 64  # connections still sending their request's head; one more closes the oldest of them
+MAX_PENDING_HEADS = 64  # connections still sending their first request head; past it the oldest stalled close
+HEAD_GRACE_S = 1.0  # a new connection silent this long counts as stalled
 MAX_CONNECTIONS = 512  # open HTTP connections and streams; a request past it gets 503 at once
 MAX_SESSIONS = 100  # live MCP sessions over streamable HTTP; a new one past it gets 503
 SESSION_IDLE_S = 600  # a streamable HTTP session that nobody used for ten minutes ends
@@ -2532,22 +2533,23 @@ class TimedH11Protocol(H11Protocol):
     READ_TIMEOUT_S of the connection (or of the previous request), and each piece of its body
     within READ_TIMEOUT_S of the last; otherwise the connection closes (a late head gets 408).
 
-    And at most MAX_PENDING_HEADS connections may be sending a head at once: one more closes the
-    oldest of them. A real client sends its head at once, so it is never the oldest; a flood of
-    half-sent requests can only crowd out itself, never keep a real client out.
+    A connection still sending its first head does not count against MAX_CONNECTIONS, so a flood
+    of half-sent requests cannot take the places real requests need; instead at most
+    MAX_PENDING_HEADS of them stay open, the oldest stalled ones closing as more arrive. Stalled
+    means part of a head is in, or nothing came for HEAD_GRACE_S: a connection whose first bytes the
+    server has not read yet (it is still taking in a burst) is never the one closed.
     """
 
     _read_timer: asyncio.TimerHandle | None = None
-    pending_heads: ClassVar[dict[TimedH11Protocol, None]] = {}  # connections awaiting a head, oldest first
+    _head_started = False
+    pending_heads: ClassVar[dict[TimedH11Protocol, float]] = {}  # awaiting a first head: since when, oldest first
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        while len(TimedH11Protocol.pending_heads) >= MAX_PENDING_HEADS:
-            oldest = next(iter(TimedH11Protocol.pending_heads))
-            TimedH11Protocol.pending_heads.pop(oldest)
-            oldest.transport.close()
-        TimedH11Protocol.pending_heads[self] = None
+        self.connections.discard(self)  # counted from its first whole head on (uvicorn's limit_concurrency)
+        TimedH11Protocol.pending_heads[self] = self.loop.time()
         self._arm_read_timer()
+        self._close_stalled_heads()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -2555,8 +2557,12 @@ class TimedH11Protocol(H11Protocol):
         if state is h11.IDLE:  # reading a head: one deadline for all of it, however it trickles in
             if self._read_timer is None and not self.transport.is_closing():
                 self._arm_read_timer()
+            if self in TimedH11Protocol.pending_heads:
+                self._head_started = True
+                self._close_stalled_heads()
             return
-        TimedH11Protocol.pending_heads.pop(self, None)
+        if TimedH11Protocol.pending_heads.pop(self, None) is not None:
+            self.connections.add(self)
         if state is h11.SEND_BODY:  # reading a body: the deadline restarts with every piece
             self._arm_read_timer()
         else:  # the request is read: from here on it is the server's time, not the client's
@@ -2566,6 +2572,17 @@ class TimedH11Protocol(H11Protocol):
         TimedH11Protocol.pending_heads.pop(self, None)
         self._cancel_read_timer()
         super().connection_lost(exc)
+
+    def _close_stalled_heads(self) -> None:
+        pending = TimedH11Protocol.pending_heads
+        excess = len(pending) - MAX_PENDING_HEADS
+        if excess <= 0:
+            return
+        now = self.loop.time()
+        stalled = (c for c, since in pending.items() if c._head_started or now - since >= HEAD_GRACE_S)
+        for connection in list(itertools.islice(stalled, excess)):
+            del pending[connection]
+            connection.transport.close()
 
     def _arm_read_timer(self) -> None:
         self._cancel_read_timer()

@@ -32,18 +32,30 @@ import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 
+import server
 from server import Settings, create_server
 from test_server import (  # clean_environment is an autouse fixture: no developer settings leak in here either
+    DEADLINE_MS,
     EXPECTED_TOOLS,
     HERE,
+    MEMORY_CAP_KIB,
     PYTHON,
+    WITHIN_S,
+    answer_bytes,
+    answer_text,
     answering,
     build_files,
     call,
     clean_environment,  # noqa: F401
     error_of,
     free_port,
+    is_clear_error,
+    outcome,
+    peak_rss,
+    running,
+    seconds_until_idle,
     serving,
+    wire_client,
 )
 
 HOW_TO_ENABLE = (
@@ -987,3 +999,172 @@ async def test_list_tables_filters_by_schema_and_name(make_server):
         ("public.book_titles", "title"),
         ("public.books", "title"),
     }
+
+
+# --- Hard bounds: one hostile statement never hangs, starves or kills the server ---------------------------
+
+
+def with_application_name(url: str, name: str) -> str:
+    """`url` whose sessions show as `name` in pg_stat_activity, so a test can find exactly its own."""
+    return f"{url}{'&' if '?' in url else '?'}application_name={name}"
+
+
+def backends_of(library: Library, role: str, application: str) -> int:
+    (count,) = admin_query(
+        library,
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND application_name = %s",
+        (role, application),
+    )[0]
+    return count
+
+
+SWALLOWS_CANCELS = (
+    "DO $$BEGIN LOOP BEGIN PERFORM pg_sleep(3600); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END$$"
+)
+
+
+async def test_statements_that_swallow_cancels_end_at_the_deadline_and_leave_no_backend(library, files_root, tmp_path):
+    role = urllib.parse.urlsplit(library.owner).username
+    application = f"bounds-{secrets.token_hex(3)}"
+    port = free_port()
+    env = {
+        "DATABASE_URL": with_application_name(library.owner, application),
+        "MCP_FILES_ROOT": str(files_root),
+        "MCP_POOL_SIZE": "5",
+        "MCP_QUERY_TIMEOUT_MS": str(DEADLINE_MS),
+        "MCP_LOG_LEVEL": "WARNING",
+    }
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port) as process:
+        async with Client(StreamableHttpTransport(f"http://127.0.0.1:{port}/mcp")) as client:
+            # Five workers first, each started within the deadline of the call that needs it: on a loaded
+            # machine that can take more than a second, so these calls may fail; then they are all up.
+            await asyncio.gather(*(outcome(client, "query_database", query="SELECT pg_sleep(0.3)") for _ in range(5)))
+            await seconds_until_idle(process.pid, time.monotonic())
+            outcomes = await asyncio.gather(
+                *(outcome(client, "query_database", patience=30, query=SWALLOWS_CANCELS) for _ in range(5))
+            )
+            await seconds_until_idle(process.pid, time.monotonic())  # the five killed workers' replacements are up
+            await alive(client)
+    for elapsed, result in outcomes:
+        assert is_clear_error(result, f"ran past its {DEADLINE_MS} ms deadline"), answer_text(result)
+        assert elapsed < WITHIN_S, elapsed
+    for _ in range(50):  # the server process has exited: within 5 s none of its sessions is left
+        if (left := backends_of(library, role, application)) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert left == 0, f"{left} backends of {role} still running"
+
+
+# Planned as one constant, which PostgreSQL computes without looking for a cancel: ~7 s here, alone.
+UNINTERRUPTIBLE_NUMERIC = "SELECT (" + " + ".join(["mod(2::numeric ^ 435000, 3::numeric ^ 270000)"] * 25) + ") > 0"
+
+
+async def test_numeric_work_postgresql_cannot_interrupt_does_not_hold_the_pool(make_server, library):
+    # One worker: its killed session's backend computes on, a core to itself, and the replacement worker
+    # starts on the other. (With a backend per core, the replacement's start-up waits for CPU instead.)
+    application = f"bounds-{secrets.token_hex(3)}"
+    deadline_ms = 2000
+    url = with_application_name(library.owner, application)
+    try:
+        async with Client(make_server(url, pool_size=1, query_timeout_ms=deadline_ms)) as client:
+            await alive(client)
+            took, result = await outcome(client, "query_database", patience=30, query=UNINTERRUPTIBLE_NUMERIC)
+            elapsed, normal = await outcome(client, "query_database", query="SELECT count(*) FROM books")
+    finally:  # the backend finishes its sum by itself: wait, so later tests have the CPU
+        for _ in range(300):
+            if not admin_query(
+                library,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active'",
+                (application,),
+            )[0][0]:
+                break
+            await asyncio.sleep(0.1)
+    assert is_clear_error(result, f"ran past its {deadline_ms} ms deadline"), answer_text(result)
+    assert took < deadline_ms / 1000 + 2, took
+    assert not normal.is_error and normal.structured_content["rows"] == [[3]], answer_text(normal)
+    assert elapsed < deadline_ms / 1000 + 2, elapsed
+
+
+@pytest.mark.parametrize(
+    ("sql", "cut"),
+    [
+        pytest.param("SELECT array_fill(0, ARRAY[30000000])", "…[30000000 items]", id="30 million items"),
+        pytest.param(
+            "SELECT repeat('x', 500000000)",
+            "…[500000000 chars]",
+            id="500 MB of text",
+        ),
+    ],
+)
+async def test_a_huge_value_is_cut_or_refused_in_bounded_memory(library, files_root, tmp_path, sql, cut):
+    port = free_port()
+    deadline_ms = 20_000  # long enough for PostgreSQL to build and send the value: the memory bound decides
+    env = {
+        "DATABASE_URL": library.owner,
+        "MCP_FILES_ROOT": str(files_root),
+        "MCP_QUERY_TIMEOUT_MS": str(deadline_ms),
+        "MCP_LOG_LEVEL": "WARNING",
+    }
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port) as process:
+        async with wire_client(f"http://127.0.0.1:{port}/mcp") as client:
+            with peak_rss(process.pid) as peak:
+                elapsed, result = await outcome(client, "query_database", query=sql)
+            await alive(client)
+    if result.is_error:
+        assert is_clear_error(result, "memory"), answer_text(result)
+    else:
+        assert answer_bytes(result) <= server.MAX_REPLY_BYTES
+        assert json.dumps(result.structured_content["rows"][0][0], ensure_ascii=False).endswith(f'{cut}"]')
+    assert elapsed < deadline_ms / 1000 + 2, elapsed
+    assert peak[0] < MEMORY_CAP_KIB, f"{peak[0] // 1024} MiB"
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT txid_current()", "took a transaction id"),
+        ("SELECT pg_current_xact_id()", "took a transaction id"),
+        ("SET transaction_read_only = off", "read-write mode must be set before any query|no columns"),
+        ("SET TRANSACTION READ WRITE", "read-write mode must be set before any query|no columns"),
+    ],
+)
+async def test_a_transaction_id_or_a_writable_transaction_is_refused(make_server, unchanged, sql, expected):
+    async with Client(make_server(pool_size=1)) as client:
+        _, result = await outcome(client, "query_database", query=sql)
+        assert "only read-only" in await error_of(client, "query_database", query="DELETE FROM books")
+        await alive(client)
+    assert is_clear_error(result, expected), answer_text(result)
+
+
+@pytest.fixture
+def role_that_may_not_log_in(library: Library) -> Iterator[str]:
+    """The throwaway cluster trusts every login, so a refused one is a role without LOGIN (SQLSTATE 28000,
+    the class of a wrong password's 28P01)."""
+    role = f"safe_data_nologin_{secrets.token_hex(3)}"
+    with psycopg.connect(library.admin, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} NOLOGIN PASSWORD 'unused'")
+    yield role
+    with psycopg.connect(library.admin, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("what", ["closed port", "refused login"])
+async def test_a_connection_error_names_no_host_port_or_role(library, files_root, role_that_may_not_log_in, what):
+    parts = urllib.parse.urlsplit(library.owner)
+    if what == "closed port":
+        role, port = parts.username, free_port()
+    else:
+        role, port = role_that_may_not_log_in, parts.port
+    url = f"postgresql://{role}:not-the-password@{parts.hostname}:{port}/{library.database}"
+    async with Client(
+        create_server(Settings(database_url=url, files_root=files_root, query_timeout_ms=2000))
+    ) as client:
+        messages = [
+            await error_of(client, "query_database", query="SELECT 1"),
+            await error_of(client, "list_tables"),
+            await error_of(client, "describe_table", table="books"),
+        ]
+    for message in messages:
+        assert "cannot reach PostgreSQL" in message, message
+        for secret in (parts.hostname, str(port), role, "not-the-password", library.database):
+            assert secret not in message, (secret, message)

@@ -13,6 +13,8 @@ import math
 import os
 import pty
 import re
+import resource
+import selectors
 import shutil
 import signal
 import socket
@@ -21,6 +23,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -2737,3 +2740,405 @@ async def test_open_results_spread_over_the_workers(tmp_path, files_root):
         assert len(workers_of(os.getpid(), "database")) == 3
         for i, page in enumerate(pages):  # none of the six was released to make room for another
             assert (await call(client, "next_page", cursor=page["next_cursor"]))["rows"][0] == [11 + i]
+
+
+# --- Hard bounds: one hostile statement never hangs, starves or kills the server ---
+# Each attack below outran its deadline, starved other calls or grew the server past any memory limit
+# when statements ran in the server's own threads; each now meets a bound that holds by construction.
+
+WITHIN_S = DEADLINE_MS / 1000 + 2  # an answer or a clear error arrives by the deadline plus two seconds
+MEMORY_CAP_KIB = 1024 * 1024  # a server and all its workers together stay under 1 GiB
+MASKED = "Error calling tool"  # what a client sees of an internal error: never an acceptable refusal
+
+# One SQLite function call each, which the progress handler cannot interrupt: 9-20 s here, alone.
+UNINTERRUPTIBLE = {
+    "ltrim": "SELECT length(ltrim(printf('%.*c', 60000, 'a'), printf('%.*c', 60000, 'b') || 'a'))",
+    "trim": "SELECT length(trim(printf('%.*c', 60000, 'a'), printf('%.*c', 60000, 'b') || 'a'))",
+    "instr": "SELECT instr(printf('%.*c', 1600000, 'a'), printf('%.*c', 800000, 'a') || 'b')",
+    "replace": "SELECT length(replace(printf('%.*c', 1600000, 'a'), printf('%.*c', 800000, 'a') || 'b', 'x'))",
+    "like": "SELECT printf('%.*c', 160000, 'a') LIKE '%' || printf('%.*c', 49990, 'a') || 'b'",
+    "glob": "SELECT printf('%.*c', 160000, 'a') GLOB '*' || printf('%.*c', 49990, 'a') || 'b'",
+}
+
+
+async def outcome(client: Client, tool: str, patience: float = 60, **arguments: Any) -> tuple[float, Any]:
+    """How long one call took, and its result (an error too). A call that has not ended after `patience`
+    seconds fails the test instead of hanging it."""
+    started = time.monotonic()
+    result = await asyncio.wait_for(client.call_tool(tool, arguments, raise_on_error=False), patience)
+    return time.monotonic() - started, result
+
+
+def is_clear_error(result: Any, pattern: str) -> bool:
+    """A tool error whose text names the problem (matches `pattern`), not the masked internal one."""
+    text = answer_text(result)
+    return result.is_error and MASKED not in text and re.search(pattern, text) is not None
+
+
+def answered_or_refused(result: Any, pattern: str) -> bool:
+    """An answer within the reply limit, or a clear error that matches `pattern`."""
+    if result.is_error:
+        return is_clear_error(result, pattern)
+    return answer_bytes(result) <= server.MAX_REPLY_BYTES
+
+
+@contextlib.contextmanager
+def peak_rss(pid: int) -> Iterator[list[int]]:
+    """The peak resident memory (KiB) of `pid` and its workers while the block runs, as `[peak]`:
+    sampled every 50 ms by a thread, which keeps sampling while the event loop is busy."""
+    peak, done = [family_rss_kib(pid)], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], family_rss_kib(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], family_rss_kib(pid))
+
+
+@pytest.mark.parametrize("sql", UNINTERRUPTIBLE.values(), ids=UNINTERRUPTIBLE)
+async def test_an_uninterruptible_function_call_ends_at_its_deadline(make_server, sql):
+    async with Client(make_server(query_timeout_ms=DEADLINE_MS)) as client:
+        elapsed, result = await outcome(client, "query_database", query=sql)
+        assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    assert is_clear_error(result, f"ran past its {DEADLINE_MS} ms deadline"), answer_text(result)
+    assert elapsed < WITHIN_S, elapsed
+
+
+@pytest.mark.parametrize(("tool", "arguments"), [("list_tables", {}), ("describe_table", {"table": "slow"})])
+async def test_introspecting_a_view_that_never_finishes_ends_at_its_deadline(make_server, db_path, tool, arguments):
+    condition = UNINTERRUPTIBLE["ltrim"].removeprefix("SELECT ")
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:  # counting its rows evaluates the condition
+        conn.execute(f"CREATE VIEW slow AS SELECT 1 AS one WHERE {condition} >= 0")
+        conn.commit()
+    async with Client(make_server(query_timeout_ms=DEADLINE_MS)) as client:
+        elapsed, result = await outcome(client, tool, **arguments)
+        assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    assert elapsed < WITHIN_S, elapsed
+    assert not result.is_error or is_clear_error(result, "deadline"), answer_text(result)
+
+
+async def test_fifty_slow_calls_starve_neither_the_files_nor_each_other(make_server):
+    # Three seconds: a second for the server to take in fifty calls on a loaded machine, then the files
+    # are read well before the deadline, when the 46 calls that found no free worker are refused at once.
+    deadline_ms = 3000
+    async with Client(make_server(query_timeout_ms=deadline_ms)) as client:
+        await call(client, "read_json", filepath="config.json")  # the file worker is up before the storm
+        slow = [SLOW, UNINTERRUPTIBLE["ltrim"]]  # interruptible and not, each far longer than the deadline
+        storm = [asyncio.create_task(outcome(client, "query_database", query=slow[i % 2])) for i in range(50)]
+        await asyncio.sleep(1)
+        meanwhile = []
+        for tool, arguments in [
+            ("list_files", {"pattern": "**/*.json"}),
+            ("read_json", {"filepath": "nested/item.json"}),
+        ]:
+            for _ in range(2):
+                meanwhile.append((tool, *await outcome(client, tool, **arguments)))
+        within = deadline_ms / 1000 + 2
+        done, pending = await asyncio.wait(storm, timeout=within + 1)
+        for task in pending:
+            task.cancel()
+        assert not pending, f"{len(pending)} of 50 slow calls still running after {within + 1} s"
+        assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    for tool, elapsed, result in meanwhile:
+        assert not result.is_error and elapsed < 1.0, (tool, elapsed, answer_text(result))
+    for elapsed, result in (task.result() for task in done):
+        assert is_clear_error(result, "deadline|the server is busy"), answer_text(result)
+        assert elapsed < within, elapsed
+
+
+async def seconds_until_idle(pid: int, since: float, give_up: float = 10) -> float:
+    """When, counted from `since`, a server and the workers it has now fell idle (as busy() measures it:
+    under 0.15 of a core over a quarter second that started then), in quarter seconds back to back.
+
+    Workers that start later, in place of killed ones, are not counted: how long their start-up takes is
+    the machine's speed, not the attack's work. A quarter in which one of the counted processes ended
+    does not count as idle: the CPU it used before it ended can no longer be read."""
+    counted = family(pid)
+
+    def used() -> dict[int, float]:
+        times = {}
+        for member in counted:
+            with contextlib.suppress(OSError):
+                times[member] = cpu_seconds(member)
+        return times
+
+    while (start := time.monotonic()) < since + give_up:
+        before = used()
+        await asyncio.sleep(0.25)
+        after = used()
+        if set(after) == set(before) and sum(after[m] - before[m] for m in after) / 0.25 < 0.15:
+            return start - since
+    return math.inf
+
+
+async def test_cancelled_uninterruptible_calls_leave_the_cpu_idle(make_server):
+    async with Client(make_server(query_timeout_ms=60_000, pool_size=5)) as client:
+        calls = [
+            asyncio.create_task(client.call_tool("query_database", {"query": UNINTERRUPTIBLE["ltrim"]}))
+            for _ in range(5)
+        ]
+        await asyncio.sleep(1)
+        assert await busy(os.getpid()) > 0.3  # they run, in the workers
+        for task in calls:
+            task.cancel()
+        cancelled = time.monotonic()
+        await asyncio.gather(*calls, return_exceptions=True)
+        assert await seconds_until_idle(os.getpid(), cancelled) < 2  # each worker is killed a second after its cancel
+        assert (await call(client, "query_database", query="SELECT 2"))["rows"] == [[2]]
+
+
+FIVE_SLOW_CALLS = """
+import asyncio, sys
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
+async def main():
+    async with Client(StreamableHttpTransport(sys.argv[1])) as client:
+        calls = [asyncio.create_task(client.call_tool("query_database", {"query": sys.argv[2]})) for _ in range(5)]
+        await asyncio.sleep(0.5)
+        print("calling", flush=True)
+        await asyncio.gather(*calls)
+asyncio.run(main())
+"""
+
+
+async def test_a_client_killed_mid_uninterruptible_calls_leaves_the_cpu_idle(network_env, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    env = {**network_env, "MCP_QUERY_TIMEOUT_MS": "60000", "MCP_POOL_SIZE": "5"}  # only the disconnect can stop them
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port) as process:
+        await start_every_worker(url)
+        command = [PYTHON, "-c", FIVE_SLOW_CALLS, url, UNINTERRUPTIBLE["ltrim"]]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as slow:
+            try:
+                assert slow.stdout.readline().strip() == "calling"
+                await asyncio.sleep(1)
+                assert await busy(process.pid) > 0.3
+            finally:
+                slow.kill()
+        killed = time.monotonic()
+        assert await seconds_until_idle(process.pid, killed) < 2
+        async with Client(StreamableHttpTransport(url)) as client:
+            assert (await call(client, "query_database", query="SELECT 2"))["rows"] == [[2]]
+
+
+def wire_client(url: str) -> Client:
+    """A client over streamable HTTP that takes any answer up to the server's limit: the SDK's own stops
+    at SSE events of 1 MiB, a quarter of what one answer may be."""
+    return Client(StreamableHttpTransport(url, max_sse_event_size=server.MAX_REPLY_BYTES))
+
+
+EIGHT = "r(i) AS (VALUES (1), (2), (3), (4), (5), (6), (7), (8))"
+HUGE_COLUMNS = ", ".join(["zeroblob(16000000)"] * 30)  # 480 MB a row
+HUGE_ROWS = {
+    "huge rows": f"WITH {EIGHT} SELECT {HUGE_COLUMNS} FROM r",
+    # 504 small rows first: a fetch batch that grows while rows are small would take all eight at once
+    "after 504 small rows": (
+        f"WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 504), {EIGHT}"
+        f" SELECT {', '.join(['i'] * 30)} FROM s UNION ALL SELECT {HUGE_COLUMNS} FROM r"
+    ),
+}
+
+
+@pytest.mark.parametrize("sql", HUGE_ROWS.values(), ids=HUGE_ROWS)
+async def test_huge_rows_on_every_worker_at_once_stay_within_memory(network_env, tmp_path, sql):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    env = {**network_env, "MCP_QUERY_TIMEOUT_MS": "5000", "MCP_POOL_SIZE": "4"}
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port) as process:
+        async with wire_client(url) as client:
+            with peak_rss(process.pid) as peak:
+                outcomes = await asyncio.gather(*(outcome(client, "query_database", query=sql) for _ in range(4)))
+            assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    for elapsed, result in outcomes:
+        assert answered_or_refused(result, "memory|larger than an answer may be|deadline"), answer_text(result)[:300]
+        assert elapsed < 5 + 2, elapsed
+    assert peak[0] < MEMORY_CAP_KIB, f"{peak[0] // 1024} MiB"
+
+
+CONTROL_CELL = "printf('%.*c', 10000, char(1))"  # 10,000 characters: not cut, but 60,000 bytes as JSON
+WIDE_ANSWERS = {
+    "1000 rows": (
+        f"WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 1000) SELECT {CONTROL_CELL} FROM s"
+    ),
+    "2000 columns": f"WITH t(x) AS (SELECT {CONTROL_CELL}) SELECT {', '.join(['x'] * 2000)} FROM t",  # SQLite's most
+}
+
+
+@pytest.mark.parametrize("sql", WIDE_ANSWERS.values(), ids=WIDE_ANSWERS)
+async def test_control_characters_never_swell_an_answer_past_its_limit(network_env, tmp_path, sql):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    with running("server.py", "--transport", "http", env=network_env, logs=tmp_path / "logs", port=port) as process:
+        async with wire_client(url) as client:
+            with peak_rss(process.pid) as peak:
+                elapsed, result = await outcome(client, "query_database", query=sql)
+            assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    assert answered_or_refused(result, "larger than an answer may be|memory"), answer_text(result)[:300]
+    assert result.is_error or result.structured_content["row_count"] > 0
+    assert elapsed < 5 + 2, elapsed
+    assert peak[0] < MEMORY_CAP_KIB, f"{peak[0] // 1024} MiB"
+
+
+def write_json_bombs(root: Path) -> None:
+    """Just under 4 MiB of 1e15 (each 18 bytes once parsed and encoded again), and 9.9 MB of empty arrays
+    (seconds and ~550 MB to parse with json.loads)."""
+    (root / "floats.json").write_bytes(b"[" + b",".join([b"1e15"] * 800_000) + b"]")
+    (root / "empties.json").write_bytes(b"[" + b",".join([b"[]"] * 3_300_000) + b"]")
+
+
+@pytest.mark.parametrize(
+    ("filepath", "deadline_ms", "refusal"),
+    [
+        ("floats.json", 5000, "JSON Pointer"),
+        ("empties.json", DEADLINE_MS, "JSON Pointer|memory|deadline"),
+    ],
+)
+async def test_a_json_bomb_is_answered_or_refused_in_bounded_time_and_memory(
+    network_env, files_root, tmp_path, filepath, deadline_ms, refusal
+):
+    write_json_bombs(files_root)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    env = {**network_env, "MCP_QUERY_TIMEOUT_MS": str(deadline_ms), "MCP_MAX_FILE_BYTES": str(10 * 2**20)}
+    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port) as process:
+        async with wire_client(url) as client:
+            with peak_rss(process.pid) as peak:
+                elapsed, result = await outcome(client, "read_json", filepath=filepath)
+            assert (await call(client, "read_json", filepath="nested/item.json"))["value"] == {"id": 7}
+            assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    assert answered_or_refused(result, refusal), answer_text(result)[:300]
+    assert elapsed < deadline_ms / 1000 + 2, elapsed
+    assert peak[0] < MEMORY_CAP_KIB, f"{peak[0] // 1024} MiB"
+
+
+async def test_a_sort_that_spills_past_the_file_limit_is_refused(make_server, monkeypatch):
+    monkeypatch.setattr(server, "MAX_TEMP_FILE_BYTES", 4 * 2**20)  # in the workers' opening frame
+    spill = (  # 200 MB to sort; without LIMIT, so SQLite cannot keep just the top rows
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000)"
+        " SELECT x, randomblob(200) FROM c ORDER BY random()"
+    )
+    async with Client(make_server(query_timeout_ms=60_000)) as client:  # the file limit, never the deadline
+        elapsed, result = await outcome(client, "query_database", query=spill, max_rows=1)
+        assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    assert is_clear_error(result, "temporary space"), answer_text(result)
+    assert elapsed < 30, elapsed
+
+
+HALF_SENT = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # and then nothing: the head never ends
+
+
+def allow_open_files(count: int) -> None:
+    """Raise this process's soft limit on open files to `count` (servers started later inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < count:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (count if hard == resource.RLIM_INFINITY else min(count, hard), hard)
+        )
+
+
+def closed_by_peer(sockets: list[socket.socket], until: float) -> int:
+    """How many of `sockets` the other side closed (whatever it sent first) by the monotonic time `until`."""
+    with selectors.DefaultSelector() as selector:
+        for sock in sockets:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        closed = 0
+        while closed < len(sockets) and (left := until - time.monotonic()) > 0:
+            for key, _ in selector.select(timeout=left):
+                try:
+                    data = key.fileobj.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:  # reset: closed too
+                    data = b""
+                if not data:
+                    selector.unregister(key.fileobj)
+                    closed += 1
+        return closed
+
+
+@contextlib.contextmanager
+def half_sent_requests(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """`count` connections that each send the start of a request head and then nothing."""
+    allow_open_files(count + 1024)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            sockets[-1].sendall(HALF_SENT)
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def test_half_sent_requests_are_closed_after_the_read_timeout(network_env, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    with running("server.py", "--transport", "http", env=network_env, logs=tmp_path / "logs", port=port):
+        with half_sent_requests(port, 1100) as sockets:
+            opened = time.monotonic()
+            closed = await asyncio.to_thread(closed_by_peer, sockets, opened + server.READ_TIMEOUT_S + 10)
+        async with Client(StreamableHttpTransport(url)) as client:
+            assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+    assert closed == len(sockets), f"{len(sockets) - closed} of {len(sockets)} half-sent requests still open"
+
+
+async def test_half_sent_requests_do_not_block_a_legitimate_client(network_env, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    with running("server.py", "--transport", "http", env=network_env, logs=tmp_path / "logs", port=port):
+        async with Client(StreamableHttpTransport(url)) as client:
+            assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]  # connected before
+            with half_sent_requests(port, 1100):
+                started = time.monotonic()
+                answer = await asyncio.wait_for(call(client, "query_database", query="SELECT count(*) FROM books"), 5)
+                answered = time.monotonic() - started
+                async with Client(StreamableHttpTransport(url)) as newcomer:  # new connections, amid the flood
+                    fresh = await asyncio.wait_for(call(newcomer, "query_database", query="SELECT 2"), 10)
+    assert answer["rows"] == [[3]] and fresh["rows"] == [[2]]
+    assert answered < 5, answered
+
+
+async def test_sessions_past_the_cap_get_503_and_an_existing_one_keeps_working(network_env, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    launch = ("server.py", "--transport", "http")
+    with running(*launch, env=network_env, logs=tmp_path / "logs", port=port) as process, peak_rss(process.pid) as peak:
+        # the first session: "legacy" is the handshake era of the protocol, which keeps a session per client
+        async with Client(StreamableHttpTransport(url), mode="legacy") as client:
+            assert (await call(client, "query_database", query="SELECT 1"))["rows"] == [[1]]
+            statuses = [http_status(port, "POST", "/mcp", INITIALIZE) for _ in range(server.MAX_SESSIONS)]
+            assert (await call(client, "query_database", query="SELECT 2"))["rows"] == [[2]]
+    assert statuses == [200] * (server.MAX_SESSIONS - 1) + [503], statuses
+    assert peak[0] < MEMORY_CAP_KIB, f"{peak[0] // 1024} MiB"
+
+
+async def test_path_errors_never_name_the_files_root_or_the_scratch_folder(make_server, hostile):
+    root, scratch = hostile["root"], hostile["scratch"]
+    (root / "deep-loop").symlink_to("deep-loop/inner")  # a loop through its own subfolder
+    attempts = [
+        ("read_json", {"filepath": path})
+        for path in (
+            "loop-a", "loop-a/x.json", "deep-loop", "deep-loop/inner/x.json", "self/loop-b",
+            "../secret.json", "up/secret.json", "link-out.json", "chain.json", "dir-out/secret.json",
+            f"../{root.name}-private/secret.json", "nested/../../secret.json",
+        )
+    ] + [
+        ("list_files", {"directory": directory})
+        for directory in ("loop-a", "deep-loop", "..", "up", "dir-out", f"../{root.name}-private")
+    ]  # fmt: skip
+    absolute = {str(root), str(root.resolve()), str(scratch), str(scratch.resolve())}
+    async with Client(make_server()) as client:
+        for tool, arguments in attempts:
+            result = await client.call_tool(tool, arguments, raise_on_error=False)
+            text = answer_text(result)
+            assert is_clear_error(result, "symlink loop|outside the files root|cannot resolve"), (arguments, text)
+            assert not any(path in text for path in absolute), (arguments, text)
