@@ -1756,7 +1756,7 @@ class QueryResult(BaseModel):
         '"-Infinity"; text longer than the cell limit ends with "…[N chars]".'
     )
     row_count: int = Field(description="Rows in this page")
-    truncated: bool = Field(description="True when more rows remain: pass next_cursor to continue")
+    truncated: bool = Field(description="True when more rows remain: call next_page with next_cursor to continue")
     next_cursor: str | None = Field(None, description="Cursor for the next page, when truncated")
     note: str | None = Field(None, description="Why a truncated result has no next_cursor, when it has none")
     elapsed_ms: float = Field(description="Time the database spent on this page")

@@ -1148,14 +1148,11 @@ def role_that_may_not_log_in(library: Library) -> Iterator[str]:
         conn.execute(f"DROP ROLE {role}")
 
 
-@pytest.mark.parametrize("what", ["closed port", "refused login"])
-async def test_a_connection_error_names_no_host_port_or_role(library, files_root, role_that_may_not_log_in, what):
+async def test_a_connection_error_names_no_host_port_or_role(library, files_root):
+    """The model sees that PostgreSQL cannot be reached, never where it is or who the server logs in as."""
     parts = urllib.parse.urlsplit(library.owner)
-    if what == "closed port":
-        role, port = parts.username, free_port()
-    else:
-        role, port = role_that_may_not_log_in, parts.port
-    url = f"postgresql://{role}:not-the-password@{parts.hostname}:{port}/{library.database}"
+    port = free_port()  # nothing listens there: a warning at start, then an error per call
+    url = f"postgresql://{parts.username}:not-the-password@{parts.hostname}:{port}/{library.database}"
     async with Client(
         create_server(Settings(database_url=url, files_root=files_root, query_timeout_ms=2000))
     ) as client:
@@ -1166,5 +1163,14 @@ async def test_a_connection_error_names_no_host_port_or_role(library, files_root
         ]
     for message in messages:
         assert "cannot reach PostgreSQL" in message, message
-        for secret in (parts.hostname, str(port), role, "not-the-password", library.database):
+        for secret in (parts.hostname, str(port), parts.username, "not-the-password", library.database):
             assert secret not in message, (secret, message)
+
+
+def test_a_refused_login_stops_the_start_without_showing_the_password(library, files_root, role_that_may_not_log_in):
+    parts = urllib.parse.urlsplit(library.owner)
+    url = f"postgresql://{role_that_may_not_log_in}:not-the-password@{parts.hostname}:{parts.port}/{library.database}"
+    with pytest.raises(SystemExit) as stopped:
+        create_server(Settings(database_url=url, files_root=files_root))
+    assert "not permitted to log in" in str(stopped.value)
+    assert "not-the-password" not in str(stopped.value)
