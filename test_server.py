@@ -154,12 +154,12 @@ async def error_of(client: Client, tool: str, **arguments) -> str:
 # --- The tool list ---------------------------------------------------------------------------------
 
 EXPECTED_TOOLS = {
-    "query_database": ["query", "params", "max_rows"],
-    "next_page": ["cursor", "max_rows"],
-    "ask_database": ["question"],
-    "list_tables": ["pattern", "schema", "offset"],
-    "search_schema": ["pattern"],
-    "describe_table": ["table"],
+    "query_database": ["query", "params", "max_rows", "database"],
+    "next_page": ["cursor", "max_rows", "database"],
+    "ask_database": ["question", "database"],
+    "list_tables": ["pattern", "schema", "offset", "database"],
+    "search_schema": ["pattern", "database"],
+    "describe_table": ["table", "database"],
     "read_json": ["filepath", "pointer"],
     "list_files": ["directory", "pattern", "offset"],
 }
