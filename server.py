@@ -1690,7 +1690,7 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             try:
                 value = json.loads(value, object_pairs_hook=_unique_keys)
-            except ValueError as exc:  # the message gives a position, never the text (which may hold a password)
+            except json.JSONDecodeError as exc:  # its message gives a position, never the text (it may hold a password)
                 raise ValueError(
                     f"not valid JSON ({str(exc).split(':')[0]}); give an object such as"
                     ' {"shop": "/data/shop.db", "crm": "postgresql://reader@db/crm"}'
@@ -3324,15 +3324,16 @@ def create_server(settings: Settings) -> FastMCP:
 
     @mcp.resource("schema://tables", mime_type="application/json")
     async def schema_tables() -> str:
-        """Every table and view with its row count."""
+        """Every table and view of the default database with its row count."""
         try:
-            return (await service.tables()).model_dump_json(indent=2)
+            return (await service.tables(database=service.default.name)).model_dump_json(indent=2)
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
 
     @mcp.resource("schema://tables/{table}", mime_type="application/json")
     async def schema_table(table: str) -> str:
-        """Columns, foreign keys, indexes, row count and CREATE statement of one table or view."""
+        """Columns, foreign keys, indexes, row count and CREATE statement of one table or view of the default
+        database."""
         try:
             return (await service.describe(table)).model_dump_json(indent=2)
         except ToolError as exc:
