@@ -2,8 +2,9 @@
 
 One FastMCP server exposes:
   tools      query_database, next_page, ask_database, list_tables, search_schema, describe_table,
-             read_json, list_files
-  resources  config://app/settings, schema://tables, schema://tables/{table}
+             read_json, list_files; list_databases when MCP_DATABASES names several databases
+  resources  config://app/settings, schema://tables, schema://tables/{table}; with several databases
+             also schema://{database}/tables and schema://{database}/tables/{table}
 
 The database engine itself enforces read-only (SQLite: a `mode=ro` connection, `PRAGMA query_only`
 and an authorizer that allows nothing but reading; PostgreSQL: one statement per call in a READ ONLY
