@@ -1635,10 +1635,7 @@ class Settings(BaseSettings):
         " the first is the default",
     )
     pool_size: int = Field(
-        4,
-        ge=1,
-        le=64,
-        description="Worker processes that read each database (on PostgreSQL, one connection each)",
+        4, ge=1, le=64, description="Worker processes that read each database (on PostgreSQL, one connection each)"
     )
     worker_memory_mb: int = Field(
         128, ge=32, le=16384, description="Memory each worker process may use beyond its own start-up, in MiB"
@@ -1708,11 +1705,9 @@ class Settings(BaseSettings):
             where = where.get_secret_value() if isinstance(where, SecretStr) else where
             if not isinstance(where, str) or not where.strip():
                 raise ValueError(f"database {name!r} needs a SQLite file's path or a postgresql:// URL as a string")
-            if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", where) and not where.startswith(
-                ("postgresql://", "postgres://")
-            ):
-                raise ValueError(f"database {name!r}: only SQLite paths and postgresql:// URLs are supported")
             postgres = where.startswith(("postgresql://", "postgres://"))
+            if not postgres and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", where):  # never echo it: it may hold a password
+                raise ValueError(f"database {name!r}: only SQLite paths and postgresql:// URLs are supported")
             databases[name] = where if postgres else Path(where).expanduser().resolve().as_posix()
         return databases
 
