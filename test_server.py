@@ -1226,19 +1226,24 @@ def test_stdio_calls_are_audited_and_stdout_stays_protocol(server_env, tmp_path)
     assert "recording every tool call in the audit log" in stderr
 
 
-async def test_http_calls_are_audited_with_their_session(network_env, tmp_path):
+@pytest.mark.parametrize("transport", ["http", "sse"])
+async def test_network_calls_are_audited_with_their_session(network_env, tmp_path, transport):
     log = tmp_path / "audit.jsonl"
     port = free_port()
     env = {**network_env, "MCP_AUDIT_LOG": str(log)}
-    with running("server.py", "--transport", "http", env=env, logs=tmp_path / "logs", port=port):
-        transport = StreamableHttpTransport(f"http://127.0.0.1:{port}/mcp")
-        async with Client(transport, mode="legacy") as client:  # the handshake era keeps a session
+    with running("server.py", "--transport", transport, env=env, logs=tmp_path / "logs", port=port):
+        path, _, _, kind = TRANSPORTS[transport]
+        wire = kind(f"http://127.0.0.1:{port}{path}")
+        async with Client(wire, mode="legacy") as client:  # the handshake era keeps a session
             await call(client, "query_database", query="SELECT 1")
             await error_of(client, "query_database", query="DELETE FROM books")
-            session = transport.get_session_id()
+            session = wire.get_session_id() if transport == "http" else None
+        async with Client(kind(f"http://127.0.0.1:{port}{path}"), mode="legacy") as other:
+            await call(other, "list_tables")
     lines = audit_lines(log)
-    assert session and [line["session"] for line in lines] == [session, session]
-    assert [line["outcome"] for line in lines] == ["answered", "refused"]
+    assert [line["outcome"] for line in lines] == ["answered", "refused", "answered"]
+    assert lines[0]["session"] == lines[1]["session"] != lines[2]["session"]  # one per connection
+    assert session is None or lines[0]["session"] == session
     assert all(line["client"].startswith("fastmcp/") for line in lines)
 
 
