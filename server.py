@@ -2490,11 +2490,11 @@ class AuditTrail(FastMCPMiddleware):
         result: ToolResult | None,
         error: BaseException | None,
     ) -> None:
-        message = context.message
+        message = context.message  # CallToolRequestParams, or a malformed request's raw params
         name, arguments = (
-            (message.get("name"), message.get("arguments"))  # a malformed request: the raw params
+            (message.get("name"), message.get("arguments"))
             if isinstance(message, dict)
-            else (message.name, message.arguments)
+            else (getattr(message, "name", None), getattr(message, "arguments", None))
         )
         arguments = arguments if isinstance(arguments, dict) else {}
         entry: dict[str, Any] = {
@@ -2548,9 +2548,13 @@ class AuditTrail(FastMCPMiddleware):
 def caller_of(ctx: Context | None) -> dict[str, Any]:
     """The HTTP session and the client's own name and version (from its initialize), where known."""
     found: dict[str, Any] = {}
+    with contextlib.suppress(RuntimeError, AttributeError):
+        # The id streamable HTTP negotiated (FastMCP's own session_id reads it there too): not the
+        # request's header, which a client speaking the sessionless protocol could make up.
+        found["session"] = ctx.session._connection.session_id  # type: ignore[union-attr]
     request = getattr(getattr(ctx, "request_context", None), "request", None)
-    if request is not None:  # streamable HTTP names its session in a header, SSE in the query
-        found["session"] = request.headers.get("mcp-session-id") or request.query_params.get("session_id")
+    if not found.get("session") and request is not None and ctx.transport == "sse":  # type: ignore[union-attr]
+        found["session"] = request.query_params.get("session_id")  # SSE refuses a request naming no live session
     with contextlib.suppress(RuntimeError, AttributeError):
         info = ctx.session.client_params.client_info  # type: ignore[union-attr]
         found["client"] = f"{info.name}/{info.version}"
