@@ -1114,10 +1114,12 @@ async def test_a_cancelled_call_is_audited_once(make_server, tmp_path):
     assert [line["outcome"] for line in audit_lines(log)] == ["cancelled", "answered"]
 
 
-async def test_concurrent_calls_of_two_servers_give_one_whole_line_each(make_server, tmp_path):
+async def test_concurrent_calls_of_two_server_processes_give_one_whole_line_each(server_env, tmp_path):
     log = tmp_path / "audit.jsonl"
     filler = "x" * 3000  # long lines, near the cap: a write split in two would show
-    async with Client(make_server(audit_log=log)) as one, Client(make_server(audit_log=log)) as other:
+    env = {**os.environ, **server_env, "MCP_AUDIT_LOG": str(log), "MCP_POOL_SIZE": "2"}
+    process = functools.partial(StdioTransport, command=PYTHON, args=["server.py"], env=env, cwd=str(HERE))
+    async with Client(process()) as one, Client(process()) as other:  # two processes, one file
         answers = await asyncio.gather(
             *(call((one, other)[i % 2], "query_database", query=f"SELECT {i}, '{filler}'") for i in range(50))
         )
