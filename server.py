@@ -2510,6 +2510,8 @@ class AuditTrail(FastMCPMiddleware):
             entry["params"] = len(params) if isinstance(params, list | dict) else 0
         elif name == "next_page" and isinstance(arguments.get("cursor"), str):
             entry["cursor"] = fingerprint(arguments["cursor"])
+        elif name == "describe_table":
+            entry["table"] = arguments.get("table")
         elif name in PATH_ARGUMENTS:
             entry["path"] = arguments.get(PATH_ARGUMENTS[name], ".")
         entry.update(notes)

@@ -1056,7 +1056,7 @@ async def test_every_call_is_audited_once_with_its_outcome(make_server, tmp_path
     assert read["path"] == "nested/item.json" and "database" not in read and read["bytes"] > 0
     assert listed["path"] == "nested" and listed["rows"] == 1
     assert asked["sql"] == "SELECT count(*) FROM books" and asked["rows"] == 1
-    assert tables["rows"] == 5 and described["database"] == server.DEFAULT_DATABASE
+    assert tables["rows"] == 5 and described["database"] == server.DEFAULT_DATABASE and described["table"] == "books"
 
 
 async def test_the_sql_ask_database_refuses_is_audited(make_server, tmp_path):
