@@ -64,7 +64,7 @@ MAX_ROWS_LIMIT = 100_000  # the most any one page may hold, whatever the setting
 MAX_CELL_CHARS = 10_000  # a longer text cell is cut (with a marker) so one value cannot flood a reply
 MAX_REPLY_BYTES = 4 * 1024 * 1024  # the most JSON any one answer sends, both of its copies together
 REPLY_OVERHEAD_BYTES = 16 * 1024  # the JSON-RPC envelope and the answer's own small fields
-MAX_SQL_CHARS = 100_000  # SQLITE_LIMIT_SQL_LENGTH: legitimate questions are far shorter
+MAX_SQL_CHARS = 100_000  # a statement's length: legitimate questions are far shorter
 MAX_PARAMS = 999  # SQLITE_LIMIT_VARIABLE_NUMBER, the historical SQLite default
 MAX_PARAMS_BYTES = 256 * 1024  # parameters travel inside page cursors too: keep them small
 MAX_VALUE_BYTES = 16 * 1024 * 1024  # SQLITE_LIMIT_LENGTH: no string or blob built in a query beyond this
@@ -398,7 +398,7 @@ class SQLiteEngine:
             for limit, value in (
                 (sqlite3.SQLITE_LIMIT_ATTACHED, 0),
                 (sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES),
-                (sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_CHARS),
+                (sqlite3.SQLITE_LIMIT_SQL_LENGTH, 4 * MAX_SQL_CHARS),  # in UTF-8 bytes: any statement the tool takes
                 (sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_PARAMS),
             ):
                 conn.setlimit(limit, value)
@@ -1799,10 +1799,10 @@ def parse_rate_limit(text: str) -> tuple[int, float]:
 # --- Result models -----------------------------------------------------------------------------
 
 
-# A row's schema says "array" and stops: the `"items": {}` pydantic adds allows anything anyway, and
-# clients that validate results (the MCP Python SDK does) would check it once per cell, which took
-# longer than the query itself for 10,000 rows.
-Row = Annotated[list[Any], WithJsonSchema({"type": "array"})]
+# The rows' schema says "array" and stops (each row is a list; the description says so): clients that
+# validate results (the MCP Python SDK does, with jsonschema) check an items schema once per row or
+# cell, which took longer than the query itself for 10,000 rows.
+RowList = Annotated[list[list[Any]], WithJsonSchema({"type": "array"})]
 
 
 # The `database` argument of the database tools: one of the names MCP_DATABASES gives (or "default").
@@ -1813,8 +1813,8 @@ class QueryResult(BaseModel):
     """One page of a query's rows."""
 
     columns: list[str] = Field(description="Column names, in order")
-    rows: list[Row] = Field(
-        description="Rows as lists of values in column order. BLOBs are "
+    rows: RowList = Field(
+        description="Rows, each a list of values in column order. BLOBs are "
         '{"$blob": base64, "bytes": N}; NaN and infinities are the strings "NaN", "Infinity" and '
         '"-Infinity"; text longer than the cell limit ends with "…[N chars]".'
     )
