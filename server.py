@@ -366,8 +366,13 @@ class SQLiteEngine:
         open_results: int = 4,
         result_idle_s: float = 120,
         exact_count_bytes: int = EXACT_COUNT_BYTES,
+        hide: list[list[str | None]] | None = None,
     ):
         self.path, self.heap_limit, self.exact_count_bytes = path, heap_limit, exact_count_bytes
+        self.rules = hide or []  # MCP_HIDE's rules for this database (see SQLiteHidden)
+        self.hidden: SQLiteHidden | None = None  # the rules expanded against the catalog, when there are any
+        self.hidden_of: tuple | None = None  # the file and schema version they were expanded for
+        self.trusted = False  # while the engine's own introspection runs: it leaves hidden things out itself
         self.conn: sqlite3.Connection | None = None
         self.identity: tuple[int, int] | None = None
         self.refusals: list[str] = []  # what the authorizer denied during the current call
@@ -401,12 +406,19 @@ class SQLiteEngine:
                 (sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_PARAMS),
             ):
                 conn.setlimit(limit, value)
-            conn.set_authorizer(lambda *args: _authorize(self.refusals, *args))
+            conn.set_authorizer(self._authorize)
             conn.set_progress_handler(lambda: self.deadline.passed(), 1000)
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _authorize(self, action: int, arg1: str | None, arg2: str | None, _db: str | None, inner: str | None) -> int:
+        reason = None if self.hidden is None or self.trusted else self.hidden.refusal(action, arg1, arg2, inner)
+        if reason:
+            self.refusals.append(reason)
+            return sqlite3.SQLITE_DENY
+        return _authorize(self.refusals, action, arg1, arg2)
 
     def _forget_connection(self) -> None:
         if self.conn is not None:
@@ -418,10 +430,11 @@ class SQLiteEngine:
         self._forget_connection()
 
     @contextlib.contextmanager
-    def _call(self, deadline: Deadline) -> Iterator[tuple[sqlite3.Connection, bytes]]:
+    def _call(self, deadline: Deadline, trusted: bool = True) -> Iterator[tuple[sqlite3.Connection, bytes]]:
         """The connection for one call, with the first 100 bytes of the file (its header); driver errors
-        (a locked, corrupt or unreadable file, a refused statement, the deadline) become QueryRefused."""
-        self.deadline, self.refusals = deadline, []
+        (a locked, corrupt or unreadable file, a refused statement, the deadline) become QueryRefused.
+        Only the engine's own introspection is `trusted`: it reads past MCP_HIDE and leaves out what is hidden."""
+        self.deadline, self.refusals, self.trusted = deadline, [], True
         try:
             info = os.stat(self.path)
             with open(self.path, "rb") as file:
@@ -433,20 +446,29 @@ class SQLiteEngine:
             if self.conn is None or self.identity != (info.st_dev, info.st_ino):
                 self._forget_connection()
                 self.conn, self.identity = self._open(), (info.st_dev, info.st_ino)
+            if self.rules:  # expanded again whenever the schema changed (another process's ALTER, CREATE INDEX)
+                version = (self.identity, self.conn.execute("PRAGMA schema_version").fetchone()[0])
+                if version != self.hidden_of:
+                    self.hidden, self.hidden_of = SQLiteHidden(self.conn, self.rules), version
+                    self._hide_view_columns(self.conn)
+            self.trusted = trusted
             yield self.conn, header
         except (sqlite3.Error, MemoryError) as exc:
             raise _explain(exc, self.refusals, deadline) from None
+        finally:
+            self.trusted = False
 
     def query(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
         """One read-only statement: a page of its rows (after `skip`, when a page is run again), and
         either the open result that later pages come from or the version that they must find."""
-        with self._call(deadline) as (conn, header):
+        with self._call(deadline, trusted=False) as (conn, header):
             wal = header[18:19] == b"\x02"  # the header's write version: 2 means WAL
             # The change counter (bytes 24-27), which every write in rollback-journal mode moves.
             version = None if wal else f"{self.identity[1] if self.identity else 0}:{header[24:28].hex()}"
             if request.get("version") is not None and request["version"] != version:
                 raise QueryRefused(CHANGED)
             try:
+                self._refuse_hidden_order(conn, request["sql"], request.get("params") or ())
                 cursor = conn.execute(request["sql"], request.get("params") or ())
             except (OverflowError, UnicodeEncodeError, ValueError) as exc:  # values Python cannot bind
                 raise _explain(exc, self.refusals, deadline) from None
@@ -481,13 +503,49 @@ class SQLiteEngine:
             self.results.release(result_id)
         return {"columns": held.columns, "row_count": count, "more": more, "result": result_id if more else None}, body
 
+    def _hide_view_columns(self, conn: sqlite3.Connection) -> None:
+        """A view's column is hidden when the authorizer refuses reading it alone (it is computed from a
+        hidden column or table); a view whose every column is, is hidden whole. Only compiled, never run."""
+        assert self.hidden is not None
+        self.trusted = False
+        try:
+            for view in self.hidden.views:
+                if view.lower() in self.hidden.tables:
+                    continue
+                for column in list(self.hidden.visible[view.lower()]):
+                    self.refusals = []
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute(f"EXPLAIN SELECT {quote_identifier(column)} FROM {quote_identifier(view)}")
+                    if self.refusals and isinstance(self.refusals[0], Concealed):
+                        self.hidden.hide_column(view, column)
+                if not self.hidden.visible[view.lower()]:
+                    self.hidden.tables[view.lower()] = f"the view {view} shows only hidden data (MCP_HIDE)"
+        finally:
+            self.trusted, self.refusals = True, []
+
+    def _refuse_hidden_order(self, conn: sqlite3.Connection, sql: str, params: Any) -> None:
+        """Refuse a statement whose compiled program reads through an index ordered by a hidden column:
+        without ORDER BY its rows would come in that column's order. (A statement that is itself an
+        EXPLAIN returns its program, not rows, and cannot be explained again.)"""
+        if self.hidden is None or not self.hidden.roots or re.match(r"\s*EXPLAIN\b", sql, re.IGNORECASE):
+            return
+        if reason := self.hidden.plan_refusal(conn.execute(f"EXPLAIN {sql}", params).fetchall()):
+            raise QueryRefused(reason)
+
     # Introspection runs through the same guarded connection, with parameters, never pasted names.
 
     def _objects(self, conn: sqlite3.Connection) -> list[tuple[str, str, str | None]]:
-        return conn.execute(
+        objects = conn.execute(
             "SELECT name, type, sql FROM sqlite_schema WHERE type IN ('table', 'view')"
             " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
         ).fetchall()
+        return [o for o in objects if not self._hidden_table(o[0])]
+
+    def _hidden_table(self, name: str) -> bool:
+        return self.hidden is not None and name.lower() in self.hidden.tables
+
+    def _hidden_column(self, table: str, column: str) -> bool:
+        return self.hidden is not None and column.lower() in self.hidden.columns.get(table.lower(), ())
 
     def _counts(self, conn: sqlite3.Connection, objects: list[tuple], deadline: Deadline) -> list[dict[str, Any]]:
         """Each object's row count, saying whether it is exact or estimated, or why there is none."""
@@ -560,6 +618,8 @@ class SQLiteEngine:
                     " ORDER BY m.name, p.cid"
                 )
                 if name_matches(column, pattern)
+                and not self._hidden_table(table)
+                and not self._hidden_column(table, column)
             ]
         return {
             "tables": tables[:limit],
@@ -575,7 +635,8 @@ class SQLiteEngine:
                 if deadline.passed() or len(tables) >= MAX_LIST_ENTRIES:
                     break
                 columns = conn.execute("SELECT name, type FROM pragma_table_info(?)", (name,)).fetchall()
-                tables.append({"name": name, "type": kind, "columns": [f"{c} {t}".strip() for c, t in columns]})
+                shown = [f"{c} {t}".strip() for c, t in columns if not self._hidden_column(name, c)]
+                tables.append({"name": name, "type": kind, "columns": shown})
             return {"tables": tables}, b""
 
     def describe_table(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
@@ -583,6 +644,7 @@ class SQLiteEngine:
             name, kind, create_sql = found = self._find(conn, request["name"])
             columns = [
                 {"name": c, "type": t, "nullable": not nn, "default": d, "primary_key": pk}
+                | ({"hidden": True} if self._hidden_column(name, c) else {})
                 for _, c, t, nn, d, pk in conn.execute(
                     'SELECT cid, name, type, "notnull", dflt_value, pk FROM pragma_table_info(?)', (name,)
                 )
@@ -674,6 +736,8 @@ def _refusal_reason(action: int, arg1: str | None, arg2: str | None) -> str:
 def _explain(exc: Exception, refusals: list[str], deadline: Deadline) -> QueryRefused:
     """Turn a driver error into a message that says what was wrong and what to do instead."""
     text = str(exc)
+    if refusals and isinstance(refusals[0], Concealed):
+        return QueryRefused(refusals[0])
     if refusals:
         return QueryRefused(f"only read-only statements are allowed: {refusals[0]}; this server can only read")
     if "interrupted" in text:
@@ -698,6 +762,196 @@ def _explain(exc: Exception, refusals: list[str], deadline: Deadline) -> QueryRe
     if isinstance(exc, sqlite3.ProgrammingError) and "binding" in text.lower():
         return QueryRefused(f"parameters do not match the query: {text}")
     return QueryRefused(f"SQLite said: {text}")
+
+
+# --- Hidden tables and columns (MCP_HIDE) ------------------------------------------------------
+#
+# A rule is [schema, table, column] as globs where only `*` is special, matched without regard to
+# case; a schema of None matches any, a column of None hides the whole table. On SQLite the
+# authorizer denies every read of what is hidden while a statement is prepared, so no value of it
+# is ever computed: not through a view, a subquery, a function or `*`, and no error can quote one.
+# What the authorizer cannot see is derived here from the catalog: generated columns, the shadow
+# tables and external content of full-text and R-tree tables, the statistics tables, and indexes
+# whose order is the order of a hidden column.
+
+# Tables that hold samples, counts or raw pages of other tables' values: unreadable while anything is hidden.
+VALUE_TABLES = (
+    "sqlite_stat1",
+    "sqlite_stat2",
+    "sqlite_stat3",
+    "sqlite_stat4",
+    "sqlite_sequence",
+    "dbstat",
+    "sqlite_dbpage",
+)
+SCHEMA_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list"}
+# Bytecode that reads a cursor's rows (p1 is the cursor): a statement that runs one of these on an
+# index ordered by a hidden column gets its rows in that column's order.
+CURSOR_READS = set(
+    "Column Rowid IdxRowid RowData DeferredSeek Rewind Last Next Prev SeekGE SeekGT SeekLE SeekLT SeekScan"
+    " SeekRowid NotExists Found NotFound NoConflict IfNoHope IdxGE IdxGT IdxLE IdxLT IfSmaller Offset".split()
+)
+
+
+def hide_matches(pattern: str | None, name: str) -> bool:
+    """A name matched by a glob of MCP_HIDE's, where only `*` is special, without regard to case."""
+    if pattern is None:
+        return True
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.fullmatch(regex, name, re.IGNORECASE | re.DOTALL) is not None
+
+
+class Concealed(str):
+    """The reason the authorizer refused a read of something hidden: the whole message of the error."""
+
+
+class SQLiteHidden:
+    """What MCP_HIDE hides in one SQLite database, expanded against its catalog: hidden tables (with the
+    message that refuses each), hidden columns per table, the visible ones (for messages), and the
+    b-trees whose row order is a hidden column's, by root page."""
+
+    def __init__(self, conn: sqlite3.Connection, rules: list[list[str | None]]):
+        self.rules = [rule for rule in rules if rule[0] is None or hide_matches(rule[0], "main")]
+        self.tables: dict[str, str] = {}  # lower name -> the message that refuses it
+        self.columns: dict[str, set[str]] = {}  # lower table name -> its hidden columns, lower
+        self.visible: dict[str, list[str]] = {}  # lower table name -> its visible columns
+        self.names: dict[str, str] = {}  # lower name -> the catalog's spelling
+        self.indexes: set[str] = set()  # the indexes of hidden tables: their pragmas are refused too
+        self.roots: dict[int, tuple[str, str]] = {}  # root page -> (what it is, what to do instead)
+        listed = conn.execute("SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'").fetchall()
+        self.schema = {
+            n: (sql or "", root) for n, sql, root in conn.execute("SELECT name, sql, rootpage FROM sqlite_schema")
+        }
+        own = [row for row in listed if row[1] in ("table", "view", "virtual") and not row[0].startswith("sqlite_")]
+        xinfo = "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?)"
+        self.xinfo = {name: conn.execute(xinfo, (name,)).fetchall() for name, _, _ in own}
+        self.views = [name for name, kind, _ in own if kind == "view"]
+        for name, kind, _ in own:
+            self._expand(name, kind)
+        for _ in range(3):  # a vocabulary table over a hidden full-text table, and so on
+            for name, kind, _ in own:
+                if kind == "virtual" and name.lower() not in self.tables and self._indexes_hidden_data(name):
+                    self.tables[name.lower()] = (
+                        f"the table {name} is hidden on this server (MCP_HIDE): it indexes hidden data"
+                    )
+                    self.columns.pop(name.lower(), None)
+        virtual = sorted((name for name, kind, _ in own if kind == "virtual"), key=len, reverse=True)
+        for name, kind, _ in listed:  # the shadow tables that hold a virtual table's data
+            owner = next((v for v in virtual if name.lower().startswith(v.lower() + "_")), None)
+            if kind == "shadow" and owner is not None and owner.lower() in self.tables:
+                self.tables[name.lower()] = (
+                    f"the table {name} holds the data of {owner}, which is hidden on this server"
+                )
+        if self.rules:
+            for name in VALUE_TABLES:
+                self.tables[name] = (
+                    f"{name} is not readable while this server hides tables or columns (MCP_HIDE):"
+                    " it holds counts, samples or raw pages of their values"
+                )
+        for name, kind, without_rowid in own:
+            if name.lower() in self.tables:
+                self.indexes |= {i.lower() for (i,) in conn.execute("SELECT name FROM pragma_index_list(?)", (name,))}
+            elif kind == "table" and name.lower() in self.columns:
+                self._find_ordered(conn, name, bool(without_rowid))
+
+    def _hides(self, table: str, column: str | None) -> bool:
+        return any(
+            hide_matches(t, table) and (c is None if column is None else c is not None and hide_matches(c, column))
+            for _, t, c in self.rules
+        )
+
+    def _expand(self, name: str, kind: str) -> None:
+        self.names[name.lower()] = name
+        if self._hides(name, None):
+            self.tables[name.lower()] = (
+                f"the table {name} is hidden on this server (MCP_HIDE): no statement may read it"
+            )
+            return
+        columns = self.xinfo[name]
+        hidden = {col for col, *_ in columns if self._hides(name, col)}
+        if hidden and kind != "view":
+            # A generated column's expression is not authorized when the column is read: it may use a hidden one.
+            hidden |= {col for col, _, _, generated in columns if generated in (2, 3)}
+        if hidden:
+            self.columns[name.lower()] = {col.lower() for col in hidden}
+        self.visible[name.lower()] = [col for col, _, _, generated in columns if col not in hidden and generated != 1]
+
+    def hide_column(self, table: str, column: str) -> None:
+        self.columns.setdefault(table.lower(), set()).add(column.lower())
+        self.visible[table.lower()].remove(column)
+
+    def _indexes_hidden_data(self, name: str) -> bool:
+        """Whether a virtual table (full-text, R-tree, a vocabulary) holds what is hidden: it keeps all its
+        columns in one index, so one hidden column is enough, and so is an external content table
+        (content=...) or a table its arguments name that is hidden or hides one of its columns."""
+        if self.columns.get(name.lower()):
+            return True
+        sql = self.schema.get(name, ("", 0))[0]
+        arguments = re.search(r"\((.*)\)\s*$", sql, re.DOTALL)
+        named = {part.strip().strip("'\"`[]").lower() for part in (arguments.group(1) if arguments else "").split(",")}
+        if content := re.search(r"\bcontent\s*=\s*['\"`\[]?([^'\"`\],)\s]+)", sql, re.IGNORECASE):
+            named.add(content.group(1).lower())
+        own = {col.lower() for col, *_ in self.xinfo[name]}
+        return any(source in self.tables or own & self.columns.get(source, set()) for source in named)
+
+    def _find_ordered(self, conn: sqlite3.Connection, name: str, without_rowid: bool) -> None:
+        """Note the b-trees of a table with hidden columns that keep its rows in a hidden column's order:
+        the table itself when its key is hidden, and each index on a hidden column (or an expression,
+        or with a WHERE: either may use one)."""
+        hidden = self.columns[name.lower()]
+        keys = [(col, type_) for col, type_, pk, _ in self.xinfo[name] if pk]
+        rowid_hidden = (
+            not without_rowid and len(keys) == 1 and keys[0][1].upper() == "INTEGER" and keys[0][0].lower() in hidden
+        )
+        if rowid_hidden or (without_rowid and any(col.lower() in hidden for col, _ in keys)):
+            self.roots[self.schema[name][1]] = (
+                f"the table {name}, which is stored in the order of its hidden key",
+                "hide the whole table, or stop hiding its key",
+            )
+        for index, where in conn.execute("SELECT name, partial FROM pragma_index_list(?)", (name,)).fetchall():
+            parts = conn.execute("SELECT cid, name FROM pragma_index_xinfo(?)", (index,)).fetchall()
+            if index in self.schema and (
+                where or rowid_hidden or any(cid == -2 or (col or "").lower() in hidden for cid, col in parts)
+            ):
+                self.roots[self.schema[index][1]] = (
+                    f"the index {index}, which keeps the rows of {name} in the order of a hidden column",
+                    f"write NOT INDEXED after {name} in FROM",
+                )
+
+    def refusal(self, action: int, table: str | None, column: str | None, inner: str | None) -> Concealed | None:
+        """Why the authorizer must deny this, or None."""
+        if action == sqlite3.SQLITE_READ:
+            for name in (table, inner):
+                if name and name.lower() in self.tables:
+                    return Concealed(self.tables[name.lower()])
+            hidden = self.columns.get((table or "").lower(), ())
+            if column and column.lower() in hidden:
+                shown = ", ".join(self.visible.get((table or "").lower(), [])) or "none"
+                return Concealed(
+                    f"the column {self.names.get(table.lower(), table)}.{column} is hidden on this server (MCP_HIDE):"
+                    " no statement may use its values, whether selected, in WHERE, ORDER BY or a join, through a"
+                    f" view or *; the visible columns of {self.names.get(table.lower(), table)} are: {shown}"
+                )
+        pragma = action == sqlite3.SQLITE_PRAGMA and (table or "").lower() in SCHEMA_PRAGMAS
+        if pragma and column and (column.lower() in self.tables or column.lower() in self.indexes):
+            return Concealed(f"{column} is hidden on this server (MCP_HIDE): no table or view by that name")
+        return None
+
+    def plan_refusal(self, program: list[tuple]) -> Concealed | None:
+        """Why a compiled statement (EXPLAIN's rows) would return rows in a hidden column's order, or None."""
+        opened = {
+            p1: self.roots[p2]
+            for _, opcode, p1, p2, p3, *_ in program
+            if opcode in ("OpenRead", "ReopenIdx") and p3 == 0 and p2 in self.roots
+        }
+        for _, opcode, p1, *_ in program:
+            if p1 in opened and opcode in CURSOR_READS:
+                what, instead = opened[p1]
+                return Concealed(
+                    f"the query would read rows through {what}: their order would tell that hidden column's"
+                    f" values (MCP_HIDE); {instead}"
+                )
+        return None
 
 
 # --- PostgreSQL: the read-only engine ----------------------------------------------------------
@@ -1552,7 +1806,7 @@ import secrets
 import shutil
 import tempfile
 import warnings
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from datetime import date, timedelta
 from subprocess import PIPE
 from typing import Annotated, ClassVar, Literal
@@ -1595,6 +1849,7 @@ SERVER_FILE = Path(__file__).resolve()  # what a worker process runs, with WORKE
 # client such as `fastmcp call` passes no environment to the server it starts.
 SETTINGS_FILE = ".env"  # in the working folder; MCP_ENV_FILE names another (empty: none)
 FILE_WORKERS = 1  # processes that parse JSON files: reads take milliseconds, and each may need much memory
+DEFAULT_DATABASE = "default"  # the name of the one database of MCP_DB_PATH or DATABASE_URL
 
 
 # --- Settings ----------------------------------------------------------------------------------
@@ -1632,6 +1887,11 @@ class Settings(BaseSettings):
         16, ge=1, le=1000, description="Paged results held open at once, each on its own connection (its snapshot)"
     )
     result_idle_s: int = Field(120, ge=5, le=3600, description="Seconds a paged result stays open unread")
+    hide: str | None = Field(
+        None,
+        description="Tables and columns no statement may read: table, table.column (schema.table.column on"
+        " PostgreSQL), each maybe database:-prefixed, * a wildcard; comma-separated",
+    )
 
     @field_validator("db_path")
     @classmethod
@@ -1669,6 +1929,13 @@ class Settings(BaseSettings):
     def _rate_limit_parses(cls, value: str | None) -> str | None:
         if value:
             parse_rate_limit(value)
+        return value or None
+
+    @field_validator("hide")
+    @classmethod
+    def _hide_parses(cls, value: str | None) -> str | None:
+        if value:
+            parse_hide(value)
         return value or None
 
     @field_validator("log_level", mode="before")
@@ -1726,6 +1993,47 @@ def warn_unknown_settings() -> None:
             close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
             hint = f"; did you mean {close[0]}?" if close else ""
             log.warning("%s (in %s) is not a setting of this server and is ignored%s", name, where, hint)
+
+
+def parse_hide(text: str) -> list[tuple[str | None, list[str | None]]]:
+    """MCP_HIDE's entries as (database or None, [schema, table, column]), where None is any schema and
+    a column of None (or `*`) hides the whole table."""
+    entries = []
+    for entry in text.split(","):
+        database, colon, rest = entry.strip().partition(":")
+        if not colon:
+            database, rest = "", database
+        if colon and not re.fullmatch(r"[A-Za-z0-9_-]+", database.strip()):
+            raise ValueError(f"{entry.strip()!r}: the part before ':' must be a database's name")
+        parts = [part.strip() for part in rest.split(".")]
+        if not 1 <= len(parts) <= 3 or not all(parts) or ":" in rest:
+            raise ValueError(
+                f"{entry.strip()!r} is not table, table.column or schema.table.column (for example users.email, *.ssn)"
+            )
+        if len(parts) == 3:
+            schema, table, column = parts
+        elif len(parts) == 2:
+            schema, table, column = None, parts[0], parts[1]
+        else:
+            schema, table, column = None, parts[0], None
+        entries.append((database.strip() or None, [schema, table, None if column == "*" else column]))
+    return entries
+
+
+def hide_rules(settings: Settings, database: str = DEFAULT_DATABASE, databases: Iterable[str] = ()) -> list:
+    """MCP_HIDE's rules for one database: those without a prefix and those that name it. A prefix that
+    names no configured database stops the start: the rule would protect nothing."""
+    known = {database, *databases}
+    rules = []
+    for prefix, rule in parse_hide(settings.hide or ""):
+        if prefix is not None and prefix not in known:
+            raise SystemExit(
+                f"{SERVER_NAME}: bad setting MCP_HIDE: {prefix!r} names no configured database (they are:"
+                f" {', '.join(sorted(known))}); fix the prefix or drop it"
+            )
+        if prefix in (None, database):
+            rules.append(rule)
+    return rules
 
 
 def parse_rate_limit(text: str) -> tuple[int, float]:
@@ -1806,6 +2114,7 @@ class ColumnInfo(BaseModel):
     nullable: bool
     default: str | None = Field(description="Default value as SQL text")
     primary_key: int = Field(description="1-based position in the primary key, 0 when not part")
+    hidden: bool = Field(False, description="True when MCP_HIDE hides this column: no statement may read it")
 
 
 class ForeignKey(BaseModel):
@@ -2647,6 +2956,7 @@ def database_opening(settings: Settings) -> tuple[dict[str, Any], str, str]:
         assert settings.db_path
         config = {"path": settings.db_path.as_posix(), "heap_limit": memory // 2, **held}
         config["exact_count_bytes"] = EXACT_COUNT_BYTES
+        config["hide"] = hide_rules(settings)
         return {"engine": "sqlite", "config": config, **common}, "SQLite", str(settings.db_path)
     try:  # imported only when a PostgreSQL URL is given: the extra is optional
         import psycopg
@@ -2671,7 +2981,7 @@ def database_opening(settings: Settings) -> tuple[dict[str, Any], str, str]:
         application_name=given.get("application_name", SERVER_NAME),
     )
     label = f"PostgreSQL database {given.get('dbname', '?')} on {given.get('host', 'localhost')}"
-    config = {"conninfo": conninfo, "timeout_ms": ms, **held}
+    config = {"conninfo": conninfo, "timeout_ms": ms, "hide": hide_rules(settings), **held}
     return {"engine": "postgres", "config": config, **common}, "PostgreSQL", label
 
 
