@@ -468,7 +468,7 @@ class SQLiteEngine:
             if request.get("version") is not None and request["version"] != version:
                 raise QueryRefused(CHANGED)
             try:
-                self._refuse_hidden_order(conn, request["sql"], request.get("params") or ())
+                self._refuse_hidden_reads(conn, request["sql"], request.get("params") or ())
                 cursor = conn.execute(request["sql"], request.get("params") or ())
             except (OverflowError, UnicodeEncodeError, ValueError) as exc:  # values Python cannot bind
                 raise _explain(exc, self.refusals, deadline) from None
@@ -523,11 +523,11 @@ class SQLiteEngine:
         finally:
             self.trusted, self.refusals = True, []
 
-    def _refuse_hidden_order(self, conn: sqlite3.Connection, sql: str, params: Any) -> None:
-        """Refuse a statement whose compiled program reads through an index ordered by a hidden column:
-        without ORDER BY its rows would come in that column's order. (A statement that is itself an
-        EXPLAIN returns its program, not rows, and cannot be explained again.)"""
-        if self.hidden is None or not self.hidden.roots or re.match(r"\s*EXPLAIN\b", sql, re.IGNORECASE):
+    def _refuse_hidden_reads(self, conn: sqlite3.Connection, sql: str, params: Any) -> None:
+        """Refuse a statement whose compiled program reads a hidden column where the authorizer is not asked,
+        or reads through an index ordered by one (without ORDER BY its rows would come in that column's
+        order). A statement that is itself an EXPLAIN returns its program, not rows: it is not explained again."""
+        if self.hidden is None or not self.hidden.reads or re.match(r"\s*EXPLAIN\b", sql, re.IGNORECASE):
             return
         if reason := self.hidden.plan_refusal(conn.execute(f"EXPLAIN {sql}", params).fetchall()):
             raise QueryRefused(reason)
@@ -818,13 +818,19 @@ class SQLiteHidden:
         self.names: dict[str, str] = {}  # lower name -> the catalog's spelling
         self.indexes: set[str] = set()  # the indexes of hidden tables: their pragmas are refused too
         self.roots: dict[int, tuple[str, str]] = {}  # root page -> (what it is, what to do instead)
+        self.reads: dict[int, dict[int, tuple[str, str]]] = {}  # root page -> {record position: (table, column)}
         listed = conn.execute("SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'").fetchall()
         self.schema = {
             n: (sql or "", root) for n, sql, root in conn.execute("SELECT name, sql, rootpage FROM sqlite_schema")
         }
         own = [row for row in listed if row[1] in ("table", "view", "virtual") and not row[0].startswith("sqlite_")]
         xinfo = "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?)"
-        self.xinfo = {name: conn.execute(xinfo, (name,)).fetchall() for name, _, _ in own}
+        self.xinfo = {}
+        for name, _, _ in own:
+            try:
+                self.xinfo[name] = conn.execute(xinfo, (name,)).fetchall()
+            except sqlite3.Error:  # a virtual table whose module is missing or cannot connect: unreadable anyway
+                self.xinfo[name] = []
         self.views = [name for name, kind, _ in own if kind == "view"]
         for name, kind, _ in own:
             self._expand(name, kind)
@@ -840,19 +846,19 @@ class SQLiteHidden:
             owner = next((v for v in virtual if name.lower().startswith(v.lower() + "_")), None)
             if kind == "shadow" and owner is not None and owner.lower() in self.tables:
                 self.tables[name.lower()] = (
-                    f"the table {name} holds the data of {owner}, which is hidden on this server"
+                    f"the table {name} holds the data of {owner}, which is hidden on this server (MCP_HIDE)"
                 )
         if self.rules:
             for name in VALUE_TABLES:
                 self.tables[name] = (
-                    f"{name} is not readable while this server hides tables or columns (MCP_HIDE):"
+                    f"{name} is hidden while this server hides tables or columns (MCP_HIDE):"
                     " it holds counts, samples or raw pages of their values"
                 )
         for name, kind, without_rowid in own:
             if name.lower() in self.tables:
                 self.indexes |= {i.lower() for (i,) in conn.execute("SELECT name FROM pragma_index_list(?)", (name,))}
             elif kind == "table" and name.lower() in self.columns:
-                self._find_ordered(conn, name, bool(without_rowid))
+                self._find_btrees(conn, name, bool(without_rowid))
 
     def _hides(self, table: str, column: str | None) -> bool:
         return any(
@@ -894,10 +900,10 @@ class SQLiteHidden:
         own = {col.lower() for col, *_ in self.xinfo[name]}
         return any(source in self.tables or own & self.columns.get(source, set()) for source in named)
 
-    def _find_ordered(self, conn: sqlite3.Connection, name: str, without_rowid: bool) -> None:
-        """Note the b-trees of a table with hidden columns that keep its rows in a hidden column's order:
-        the table itself when its key is hidden, and each index on a hidden column (or an expression,
-        or with a WHERE: either may use one)."""
+    def _find_btrees(self, conn: sqlite3.Connection, name: str, without_rowid: bool) -> None:
+        """Note where the b-trees of a table with hidden columns keep those columns (by position in a
+        record), and which keep its rows in a hidden column's order: the table itself when its key is
+        hidden, and each index on a hidden column (or on an expression, or with a WHERE: either may use one)."""
         hidden = self.columns[name.lower()]
         keys = [(col, type_) for col, type_, pk, _ in self.xinfo[name] if pk]
         rowid_hidden = (
@@ -908,15 +914,37 @@ class SQLiteHidden:
                 f"the table {name}, which is stored in the order of its hidden key",
                 "hide the whole table, or stop hiding its key",
             )
-        for index, where in conn.execute("SELECT name, partial FROM pragma_index_list(?)", (name,)).fetchall():
-            parts = conn.execute("SELECT cid, name FROM pragma_index_xinfo(?)", (index,)).fetchall()
-            if index in self.schema and (
-                where or rowid_hidden or any(cid == -2 or (col or "").lower() in hidden for cid, col in parts)
-            ):
+        # A rowid table's record holds its columns in order, less the virtual generated ones (computed
+        # from others when read); a WITHOUT ROWID table's is laid out as its primary key index.
+        record = [col for col, _, _, generated in self.xinfo[name] if generated != 2]
+        for index, where, origin in conn.execute(
+            "SELECT name, partial, origin FROM pragma_index_list(?)", (name,)
+        ).fetchall():
+            parts = conn.execute("SELECT cid, name FROM pragma_index_xinfo(?) ORDER BY seqno", (index,)).fetchall()
+            if without_rowid and origin == "pk":
+                record = [col for _, col in parts]
+            if index not in self.schema:
+                continue
+            self._note_reads(self.schema[index][1], name, [col for _, col in parts])
+            if where or rowid_hidden or any(cid == -2 or (col or "").lower() in hidden for cid, col in parts):
                 self.roots[self.schema[index][1]] = (
                     f"the index {index}, which keeps the rows of {name} in the order of a hidden column",
                     f"write NOT INDEXED after {name} in FROM",
                 )
+        self._note_reads(self.schema[name][1], name, record)
+
+    def _note_reads(self, root: int, table: str, record: list[str | None]) -> None:
+        hidden = self.columns[table.lower()]
+        self.reads[root] = {i: (table, col) for i, col in enumerate(record) if col and col.lower() in hidden}
+
+    def _column_refusal(self, table: str, column: str) -> Concealed:
+        name = self.names.get(table.lower(), table)
+        shown = ", ".join(self.visible.get(table.lower(), [])) or "none"
+        return Concealed(
+            f"the column {name}.{column} is hidden on this server (MCP_HIDE): no statement may use its values,"
+            f" whether selected, in WHERE, ORDER BY or a join, through a view or *; the visible columns of"
+            f" {name} are: {shown}"
+        )
 
     def refusal(self, action: int, table: str | None, column: str | None, inner: str | None) -> Concealed | None:
         """Why the authorizer must deny this, or None."""
@@ -924,29 +952,25 @@ class SQLiteHidden:
             for name in (table, inner):
                 if name and name.lower() in self.tables:
                     return Concealed(self.tables[name.lower()])
-            hidden = self.columns.get((table or "").lower(), ())
-            if column and column.lower() in hidden:
-                shown = ", ".join(self.visible.get((table or "").lower(), [])) or "none"
-                return Concealed(
-                    f"the column {self.names.get(table.lower(), table)}.{column} is hidden on this server (MCP_HIDE):"
-                    " no statement may use its values, whether selected, in WHERE, ORDER BY or a join, through a"
-                    f" view or *; the visible columns of {self.names.get(table.lower(), table)} are: {shown}"
-                )
+            if table and column and column.lower() in self.columns.get(table.lower(), ()):
+                return self._column_refusal(table, column)
         pragma = action == sqlite3.SQLITE_PRAGMA and (table or "").lower() in SCHEMA_PRAGMAS
         if pragma and column and (column.lower() in self.tables or column.lower() in self.indexes):
             return Concealed(f"{column} is hidden on this server (MCP_HIDE): no table or view by that name")
         return None
 
     def plan_refusal(self, program: list[tuple]) -> Concealed | None:
-        """Why a compiled statement (EXPLAIN's rows) would return rows in a hidden column's order, or None."""
-        opened = {
-            p1: self.roots[p2]
-            for _, opcode, p1, p2, p3, *_ in program
-            if opcode in ("OpenRead", "ReopenIdx") and p3 == 0 and p2 in self.roots
-        }
-        for _, opcode, p1, *_ in program:
-            if p1 in opened and opcode in CURSOR_READS:
-                what, instead = opened[p1]
+        """Why a compiled statement (EXPLAIN's rows) would use a hidden column, or None: a column that
+        SQLite reads without asking the authorizer (the join condition of NATURAL JOIN and USING), or
+        rows that would come in a hidden column's order."""
+        opened = {p1: p2 for _, opcode, p1, p2, p3, *_ in program if opcode in ("OpenRead", "ReopenIdx") and p3 == 0}
+        for _, opcode, p1, p2, *_ in program:
+            if p1 not in opened:
+                continue
+            if opcode == "Column" and (read := self.reads.get(opened[p1], {}).get(p2)):
+                return self._column_refusal(*read)
+            if opcode in CURSOR_READS and opened[p1] in self.roots:
+                what, instead = self.roots[opened[p1]]
                 return Concealed(
                     f"the query would read rows through {what}: their order would tell that hidden column's"
                     f" values (MCP_HIDE); {instead}"
@@ -1999,7 +2023,7 @@ def parse_hide(text: str) -> list[tuple[str | None, list[str | None]]]:
     """MCP_HIDE's entries as (database or None, [schema, table, column]), where None is any schema and
     a column of None (or `*`) hides the whole table."""
     entries = []
-    for entry in text.split(","):
+    for entry in text.split(",") if text.strip() else []:
         database, colon, rest = entry.strip().partition(":")
         if not colon:
             database, rest = "", database
