@@ -1009,7 +1009,7 @@ ORDER BY 1, 2
 """
 PG_COLUMNS = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, pg_get_expr(d.adbin, d.adrelid),
-       coalesce(array_position(pk.conkey, a.attnum), 0)
+       coalesce(array_position(pk.conkey, a.attnum), 0), has_column_privilege(a.attrelid, a.attnum, 'SELECT')
 FROM pg_attribute a
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 LEFT JOIN pg_constraint pk ON pk.conrelid = a.attrelid AND pk.contype = 'p'
@@ -1048,6 +1048,157 @@ ORDER BY contype <> 'p', conname
 """
 
 
+# MCP_HIDE on PostgreSQL is the role's privileges: PostgreSQL enforces them in every statement, view
+# and function. What is checked here is that the role has none on anything hidden: the rules matched
+# against the catalog, with the partitions and inheritance children of what they hide (read directly,
+# each has its own privileges), and the views that show hidden data (a view reads with its owner's
+# privileges, unless it is a security_invoker view).
+PG_RELATIONS = """
+SELECT c.oid, n.nspname, c.relname, c.relkind, coalesce(c.reloptions, '{}')::text[], pg_has_role(c.relowner, 'USAGE'),
+       ARRAY(SELECT a.attname::text FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+"""
+PG_CHILDREN = "SELECT inhparent, inhrelid FROM pg_inherits"
+PG_VIEW_READS = """
+SELECT DISTINCT r.ev_class, d.refobjid, a.attname::text
+FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid AND d.refobjsubid > 0
+WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass AND r.ev_class <> d.refobjid
+"""
+# Who lends the role SELECT on a relation (%s) or some of its columns: itself, a role it inherits from, PUBLIC.
+PG_GRANTEES = """
+SELECT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, NULL
+FROM pg_class c, aclexplode(c.relacl) g LEFT JOIN pg_roles r ON r.oid = g.grantee
+WHERE c.oid = %(oid)s AND g.privilege_type = 'SELECT' AND (g.grantee = 0 OR pg_has_role(g.grantee, 'USAGE'))
+UNION ALL
+SELECT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, a.attname::text
+FROM pg_attribute a, aclexplode(a.attacl) g LEFT JOIN pg_roles r ON r.oid = g.grantee
+WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped AND g.privilege_type = 'SELECT'
+  AND (g.grantee = 0 OR pg_has_role(g.grantee, 'USAGE'))
+"""
+
+
+class PostgresHidden:
+    """What MCP_HIDE hides in one PostgreSQL database, expanded against its catalog: hidden relations
+    and hidden columns per relation, both by oid."""
+
+    def __init__(self, conn: Any, rules: list[list[str | None]]):
+        relations = {row[0]: row for row in conn.execute(PG_RELATIONS)}
+        self.names = {oid: f"{quote_identifier(row[1])}.{quote_identifier(row[2])}" for oid, row in relations.items()}
+        self.columns = {oid: row[6] for oid, row in relations.items()}
+        self.tables: dict[int, str] = {}  # oid -> why it is hidden
+        self.hidden_columns: dict[int, set[str]] = {}
+        for oid, (_, schema, name, *_rest) in relations.items():
+            for rule_schema, table, column in rules:
+                if not (hide_matches(rule_schema, schema) and hide_matches(table, name)):
+                    continue
+                if column is None:
+                    self.tables[oid] = "hidden"
+                else:
+                    matched = {c for c in self.columns[oid] if hide_matches(column, c)}
+                    self.hidden_columns.setdefault(oid, set()).update(matched)
+        children: dict[int, list[int]] = {}
+        for parent, child in conn.execute(PG_CHILDREN):
+            children.setdefault(parent, []).append(child)
+        for oid in list(self.tables) + list(self.hidden_columns):  # partitions hold the same rows
+            for child in self._descendants(oid, children):
+                if oid in self.tables:
+                    self.tables.setdefault(child, f"a partition or child of {self.names[oid]}")
+                hidden = {c for c in self.hidden_columns.get(oid, ()) if c in self.columns.get(child, [])}
+                if hidden:
+                    self.hidden_columns.setdefault(child, set()).update(hidden)
+        reads: dict[int, list[tuple[int, str | None]]] = {}
+        for view, source, column in conn.execute(PG_VIEW_READS):
+            reads.setdefault(view, []).append((source, column))
+        for _ in range(len(reads) + 1):  # views over views
+            added = False
+            for view, sources in reads.items():
+                row = relations.get(view)
+                if view in self.tables or row is None or (row[3] == "v" and _security_invoker(row[4])):
+                    continue
+                for source, column in sources:
+                    if source in self.tables or (column is not None and column in self.hidden_columns.get(source, ())):
+                        self.tables[view] = f"a view of hidden data in {self.names.get(source, '?')}"
+                        added = True
+                        break
+            if not added:
+                break
+        self.hidden_columns = {
+            oid: cols for oid, cols in self.hidden_columns.items() if cols and oid not in self.tables
+        }
+        self.owned = {oid for oid, row in relations.items() if row[5]}
+
+    @staticmethod
+    def _descendants(oid: int, children: dict[int, list[int]]) -> list[int]:
+        found, todo = [], list(children.get(oid, []))
+        while todo:
+            child = todo.pop()
+            if child not in found:
+                found.append(child)
+                todo.extend(children.get(child, []))
+        return found
+
+    def exposures(self, conn: Any) -> tuple[list[str], list[str]]:
+        """What the connection's role can still read of what is hidden, and the statements that take it away."""
+        readable, fixes = [], []
+        for oid, why in self.tables.items():
+            if conn.execute("SELECT has_any_column_privilege(%s, 'SELECT')", (oid,)).fetchone()[0]:
+                readable.append(self.names[oid] + ("" if why == "hidden" else f" ({why})"))
+                fixes += self._fixes(conn, oid, None)
+        for oid, hidden in self.hidden_columns.items():
+            exposed = [
+                c
+                for c in self.columns[oid]
+                if c in hidden and conn.execute("SELECT has_column_privilege(%s, %s, 'SELECT')", (oid, c)).fetchone()[0]
+            ]
+            if exposed:
+                readable += [f"{self.names[oid]}.{quote_identifier(c)}" for c in exposed]
+                fixes += self._fixes(conn, oid, hidden)
+        return readable, list(dict.fromkeys(fixes))
+
+    def _fixes(self, conn: Any, oid: int, hidden: set[str] | None) -> list[str]:
+        """REVOKE (and GRANT back the visible columns) for every grant that lends the role a hidden read."""
+        name, fixes = self.names[oid], []
+        visible = ", ".join(quote_identifier(c) for c in self.columns[oid] if not hidden or c not in hidden)
+        for grantee, column in conn.execute(PG_GRANTEES, {"oid": oid}).fetchall():
+            if column is None:
+                fixes.append(f"REVOKE SELECT ON {name} FROM {grantee};")
+                if hidden and visible:
+                    fixes.append(f"GRANT SELECT ({visible}) ON {name} TO {grantee};")
+            elif hidden is None or column in hidden:
+                fixes.append(f"REVOKE SELECT ({quote_identifier(column)}) ON {name} FROM {grantee};")
+        return fixes
+
+
+def _security_invoker(options: list[str]) -> bool:
+    """Whether a view's options make it read with the privileges of whoever queries it (PostgreSQL 15+)."""
+    return any(o.lower() in ("security_invoker=true", "security_invoker=on", "security_invoker=1") for o in options)
+
+
+def _refuse_readable_hidden(conn: Any, rules: list[list[str | None]]) -> PostgresHidden:
+    """The rules expanded, or a refusal naming what the role can read of what they hide and the exact
+    statements that take it away."""
+    hidden = PostgresHidden(conn, rules)
+    readable, fixes = hidden.exposures(conn)
+    role = quote_identifier(conn.info.user)
+    owned = sorted(hidden.names[oid] for oid in hidden.owned if oid in hidden.tables or oid in hidden.hidden_columns)
+    if owned:
+        raise QueryRefused(
+            f"MCP_HIDE hides what the PostgreSQL role {role} can read: it owns {', '.join(owned)} (or inherits"
+            " from their owner), and an owner reads everything whatever it is granted; connect as a role that"
+            " only reads (docs/postgresql.md has the recipe)"
+        )
+    if readable:
+        raise QueryRefused(
+            f"MCP_HIDE hides what the PostgreSQL role {role} can read: {', '.join(readable)}. On PostgreSQL"
+            " the role's privileges enforce MCP_HIDE: run these statements as the tables' owner (or a"
+            " superuser), then start again:\n  " + "\n  ".join(fixes)
+        )
+    return hidden
+
+
 class PostgresEngine:
     """The one place that knows PostgreSQL: one session that can only read, one statement per call.
 
@@ -1072,6 +1223,7 @@ class PostgresEngine:
         terminate: list[int] | None = None,
         open_results: int = 4,
         result_idle_s: float = 120,
+        hide: list[list[str | None]] | None = None,
     ):
         import psycopg  # only PostgreSQL workers need the driver: the extra is optional
 
@@ -1083,6 +1235,8 @@ class PostgresEngine:
         self.chunk = 500 if psycopg.capabilities.has_stream_chunked() else 1  # rows per network read
         self.conn: Any = None
         self.results = OpenResults(open_results, result_idle_s)
+        self.rules = hide or []  # MCP_HIDE's rules: each new session checks that its role cannot read them
+        self.hidden: PostgresHidden | None = None
 
     def operations(self) -> dict[str, Callable[[dict[str, Any], Deadline], tuple[dict[str, Any], bytes]]]:
         return {
@@ -1110,6 +1264,8 @@ class PostgresEngine:
                 conn = self.pg.connect(self.conninfo, autocommit=True, prepare_threshold=None, connect_timeout=wait)
             try:
                 _refuse_privileged_role(conn)
+                if self.rules:  # privileges granted since the start are refused too
+                    self.hidden = _refuse_readable_hidden(conn, self.rules)
             except BaseException:
                 conn.close()
                 raise
@@ -1295,7 +1451,11 @@ class PostgresEngine:
     def _objects(self, conn: Any) -> dict[str, tuple]:
         """Readable tables and views by schema-qualified name:
         (schema, name, type, relkind, oid, visible, estimated rows, pages)."""
-        return {f"{row[0]}.{row[1]}": row for row in conn.execute(PG_OBJECTS)}
+        hidden = self.hidden.tables if self.hidden is not None else {}
+        return {f"{row[0]}.{row[1]}": row for row in conn.execute(PG_OBJECTS) if row[4] not in hidden}
+
+    def _hidden_column(self, oid: int, column: str, readable: bool) -> bool:
+        return not readable or (self.hidden is not None and column in self.hidden.hidden_columns.get(oid, ()))
 
     def _count(self, conn: Any, found: tuple, deadline: Deadline) -> dict[str, Any]:
         """A row count, exact for small tables and estimated from the catalog for the rest."""
@@ -1372,7 +1532,8 @@ class PostgresEngine:
         qualified = f"{quote_identifier(schema)}.{quote_identifier(name)}"
         columns = [
             {"name": c, "type": t, "nullable": nullable, "default": d, "primary_key": pk}
-            for c, t, nullable, d, pk in conn.execute(PG_COLUMNS, (oid,))
+            | ({"hidden": True} if self._hidden_column(oid, c, readable) else {})
+            for c, t, nullable, d, pk, readable in conn.execute(PG_COLUMNS, (oid,))
         ]
         foreign_keys = [
             {"columns": source, "references_table": target, "references_columns": dest}
@@ -1412,7 +1573,11 @@ class PostgresEngine:
             for qualified, found in self._objects(conn).items():
                 if deadline.passed() or len(tables) >= MAX_LIST_ENTRIES:
                     break
-                columns = [f"{c} {t}" for c, t, *_ in conn.execute(PG_COLUMNS, (found[4],))]
+                columns = [
+                    f"{c} {t}"
+                    for c, t, *_, readable in conn.execute(PG_COLUMNS, (found[4],))
+                    if not self._hidden_column(found[4], c, readable)
+                ]
                 tables.append({"name": qualified, "type": found[2], "columns": columns})
             return {"tables": tables}, b""
 
@@ -2138,7 +2303,10 @@ class ColumnInfo(BaseModel):
     nullable: bool
     default: str | None = Field(description="Default value as SQL text")
     primary_key: int = Field(description="1-based position in the primary key, 0 when not part")
-    hidden: bool = Field(False, description="True when MCP_HIDE hides this column: no statement may read it")
+    hidden: bool = Field(
+        False,
+        description="True when no statement may read this column (MCP_HIDE; on PostgreSQL, the role's privileges)",
+    )
 
 
 class ForeignKey(BaseModel):
@@ -3235,6 +3403,12 @@ def check_database(settings: Settings, opening: dict[str, Any]) -> None:
     try:
         with psycopg.connect(opening["config"]["conninfo"], autocommit=True, connect_timeout=3) as conn:
             _refuse_privileged_role(conn)
+            if opening["config"].get("hide"):
+                try:
+                    _refuse_readable_hidden(conn, opening["config"]["hide"])
+                except QueryRefused as exc:
+                    raise SystemExit(f"{SERVER_NAME}: {exc}") from None
+                _warn_security_definers(conn)
     except QueryRefused as exc:
         raise SystemExit(f"{SERVER_NAME}: bad setting {name}: {exc}") from None
     except psycopg.Error as exc:
@@ -3248,6 +3422,25 @@ def check_database(settings: Settings, opening: dict[str, Any]) -> None:
         if any(reason in text for reason in refused):
             raise SystemExit(f"{SERVER_NAME}: bad setting {name}: PostgreSQL refused it: {text}") from None
         log.warning("cannot reach PostgreSQL now (%s); each call will try again", text)
+
+
+def _warn_security_definers(conn: Any) -> None:
+    """A SECURITY DEFINER function runs with its owner's privileges, which MCP_HIDE cannot see into: name
+    the ones the role may call, so that someone checks them."""
+    names = [
+        name
+        for (name,) in conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE p.prosecdef AND has_function_privilege(p.oid, 'EXECUTE')"
+            " AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1 LIMIT 20"
+        )
+    ]
+    if names:
+        log.warning(
+            "the role may call SECURITY DEFINER functions, which read with their owner's privileges whatever"
+            " MCP_HIDE hides; check or REVOKE EXECUTE on: %s",
+            ", ".join(names),
+        )
 
 
 def create_server(settings: Settings) -> FastMCP:
