@@ -834,6 +834,13 @@ class SQLiteHidden:
         self.views = [name for name, kind, _ in own if kind == "view"]
         for name, kind, _ in own:
             self._expand(name, kind)
+        for name, kind, _ in own:  # a foreign key to a hidden column holds its values too
+            if kind == "table" and name.lower() not in self.tables:
+                for target, source, dest in conn.execute(
+                    'SELECT "table", "from", "to" FROM pragma_foreign_key_list(?)', (name,)
+                ).fetchall():
+                    if dest and dest.lower() in self.columns.get(target.lower(), ()):
+                        self.hide_column(name, source)
         for _ in range(3):  # a vocabulary table over a hidden full-text table, and so on
             for name, kind, _ in own:
                 if kind == "virtual" and name.lower() not in self.tables and self._indexes_hidden_data(name):
@@ -884,7 +891,7 @@ class SQLiteHidden:
 
     def hide_column(self, table: str, column: str) -> None:
         self.columns.setdefault(table.lower(), set()).add(column.lower())
-        self.visible[table.lower()].remove(column)
+        self.visible[table.lower()] = [c for c in self.visible[table.lower()] if c.lower() != column.lower()]
 
     def _indexes_hidden_data(self, name: str) -> bool:
         """Whether a virtual table (full-text, R-tree, a vocabulary) holds what is hidden: it keeps all its
@@ -1061,6 +1068,14 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
 """
 PG_CHILDREN = "SELECT inhparent, inhrelid FROM pg_inherits"
+PG_FOREIGN_KEY_COLUMNS = """
+SELECT c.conrelid, c.confrelid,
+       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(num, pos)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num ORDER BY k.pos),
+       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(num, pos)
+             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.num ORDER BY k.pos)
+FROM pg_constraint c WHERE c.contype = 'f'
+"""
 PG_VIEW_READS = """
 SELECT DISTINCT r.ev_class, d.refobjid, a.attname::text
 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
@@ -1099,6 +1114,11 @@ class PostgresHidden:
                 else:
                     matched = {c for c in self.columns[oid] if hide_matches(column, c)}
                     self.hidden_columns.setdefault(oid, set()).update(matched)
+        for _ in range(3):  # a foreign key to a hidden column holds its values too (and one to that, ...)
+            for source, target, columns, references in conn.execute(PG_FOREIGN_KEY_COLUMNS):
+                for column, reference in zip(columns, references, strict=True):
+                    if reference in self.hidden_columns.get(target, ()):
+                        self.hidden_columns.setdefault(source, set()).add(column)
         children: dict[int, list[int]] = {}
         for parent, child in conn.execute(PG_CHILDREN):
             children.setdefault(parent, []).append(child)

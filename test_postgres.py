@@ -1179,7 +1179,8 @@ def test_a_refused_login_stops_the_start_without_showing_the_password(library, f
 # --- MCP_HIDE: the role's privileges keep hidden tables and columns unread -----------------------
 
 HIDDEN_SCHEMA = """
-CREATE TABLE users (id int PRIMARY KEY, name text, email text, password_hash text);
+CREATE TABLE users (id int PRIMARY KEY, name text, email text UNIQUE, password_hash text);
+CREATE TABLE mailings (id int, sent_to text REFERENCES users(email), subject text);
 CREATE TABLE secrets (key text, value text);
 CREATE SCHEMA crm;
 CREATE TABLE crm.contacts (id int, name text, phone text);
@@ -1255,7 +1256,7 @@ def test_a_role_that_can_read_hidden_data_is_refused_with_the_fix(hidden_library
     for exposed in (
         '"public"."users"."password_hash"', '"public"."users"."email"', '"public"."secrets"',
         '"crm"."contacts"."phone"', '"public"."user_logins"', '"public"."notes"."email"',
-        '"public"."notes_one"."email"',
+        '"public"."notes_one"."email"', '"public"."mailings"."sent_to"',
     ):  # fmt: skip
         assert exposed in first, exposed
     assert '"public"."contacts"' not in message  # crm.contacts.phone names one schema's table
@@ -1299,7 +1300,9 @@ async def test_postgres_listings_leave_hidden_things_out_and_mark_hidden_columns
         missing = await error_of(client, "describe_table", table="secrets")
         await call(client, "ask_database", question="who are the users?")
     names = [t["name"] for t in tables["tables"]]
-    assert names == ["crm.contacts", "public.contacts", "public.notes", "public.user_names", "public.users"]
+    assert names == [
+        "crm.contacts", "public.contacts", "public.mailings", "public.notes", "public.user_names", "public.users"
+    ]  # fmt: skip
     assert not {"public.secrets", "public.user_logins"} & set(found["tables"])
     assert not {c["column"] for c in found["columns"] if c["table"] != "public.contacts"} & {"email", "phone"}
     assert {c["name"]: c["hidden"] for c in users["columns"]} == {

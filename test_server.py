@@ -3152,6 +3152,7 @@ CREATE TABLE users (
 );
 CREATE INDEX users_by_email ON users(email);
 CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id), total REAL);
+CREATE TABLE sessions (id INTEGER PRIMARY KEY, hash_copy TEXT REFERENCES users(password_hash), day TEXT);
 CREATE TABLE secrets (key TEXT, value TEXT);
 CREATE INDEX secrets_by_key ON secrets(key);
 CREATE VIEW user_logins AS SELECT name, password_hash FROM users;
@@ -3175,6 +3176,7 @@ def hidden_db(scratch: Path) -> Path:
         )
         conn.executemany("INSERT INTO orders VALUES (?, ?, ?)", [(1, 1, 10.5), (2, 2, 20.0), (3, 1, 4.25)])
         conn.execute("INSERT INTO secrets VALUES ('stripe', 'sk-live-4242')")
+        conn.execute("INSERT INTO sessions VALUES (1, '$2b$kept-ada', '2026-12-01')")
         conn.execute("INSERT INTO user_search (user_search) VALUES ('rebuild')")
         conn.execute("INSERT INTO secret_search (value) VALUES ('sk-live-4242')")
         conn.execute("ANALYZE")
@@ -3238,6 +3240,7 @@ HIDDEN_READS = [
     "SELECT row_number() OVER (ORDER BY password_hash) FROM users",
     "SELECT name FROM users UNION SELECT password_hash FROM users",
     "SELECT hash_length FROM users",  # a generated column computed from the hidden one
+    "SELECT hash_copy FROM sessions",  # a foreign key to the hidden column holds its values
     "SELECT email FROM users",  # the wildcard *.EMAIL, matched without regard to case
     "SELECT name FROM users ORDER BY email",
     "SELECT id FROM users",  # the planner would scan users_by_email: rows in e-mail order
@@ -3325,12 +3328,12 @@ async def test_listings_leave_hidden_tables_out(make_hidden):
         resource = json.loads((await client.read_resource("schema://tables"))[0].text)
         found = await call(client, "search_schema", pattern="*")
         completed = await client.complete(ref=ref, argument={"name": "table", "value": ""})
-    visible = ["orders", "user_names", "users"]  # user_logins shows only a hidden column: hidden whole
-    assert [t["name"] for t in tables["tables"]] == visible and tables["total"] == 3
+    visible = ["orders", "sessions", "user_names", "users"]  # user_logins shows only hidden data: hidden whole
+    assert [t["name"] for t in tables["tables"]] == visible and tables["total"] == 4
     assert [t["name"] for t in resource["tables"]] == visible
     assert found["tables"] == visible
     assert {(c["table"], c["column"]) for c in found["columns"]} == {
-        ("orders", "id"), ("orders", "user_id"), ("orders", "total"),
+        ("orders", "id"), ("orders", "user_id"), ("orders", "total"), ("sessions", "id"), ("sessions", "day"),
         ("user_names", "id"), ("user_names", "name"), ("users", "id"), ("users", "name"),
     }  # fmt: skip
     assert completed.values == visible
@@ -3342,7 +3345,7 @@ async def test_hidden_table_cannot_be_described(make_hidden, name):
         message = await error_of(client, "describe_table", table=name)
         with pytest.raises(Exception, match="no table or view named"):
             await client.read_resource(f"schema://tables/{name}")
-    assert message == f"no table or view named {name!r}; the tables are: orders, user_names, users"
+    assert message == f"no table or view named {name!r}; the tables are: orders, sessions, user_names, users"
 
 
 async def test_describe_marks_hidden_columns(make_hidden):
@@ -3361,6 +3364,7 @@ async def test_ask_database_schema_leaves_hidden_things_out(make_hidden):
     schema = json.loads(asked[0][0][0].content.text)["schema"]
     assert schema == [
         {"name": "orders", "type": "table", "columns": ["id INTEGER", "user_id INTEGER", "total REAL"]},
+        {"name": "sessions", "type": "table", "columns": ["id INTEGER", "day TEXT"]},
         {"name": "user_names", "type": "view", "columns": ["id INTEGER", "name TEXT"]},
         {"name": "users", "type": "table", "columns": ["id INTEGER", "name TEXT"]},
     ]
