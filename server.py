@@ -7,8 +7,10 @@ One FastMCP server exposes:
 
 The database engine itself enforces read-only (SQLite: a `mode=ro` connection, `PRAGMA query_only`
 and an authorizer that allows nothing but reading; PostgreSQL: one statement per call in a READ ONLY
-transaction that is always rolled back); every file path is confined to the files root. Every bound
-holds without the statement's cooperation: statements, introspection and JSON parsing run in worker
+transaction that is always rolled back); every file path is confined to the files root. Tables and
+columns named in MCP_HIDE are kept from every statement the same way (SQLite: the authorizer;
+PostgreSQL: the role's privileges, checked at start). Every bound holds without the statement's
+cooperation: statements, introspection and JSON parsing run in worker
 processes with a memory ceiling, which are killed and replaced when they outlive their deadline, and
 every answer is measured in the bytes of JSON it will send. With nothing configured it serves a small
 built-in demo.
