@@ -2,8 +2,9 @@
 
 One FastMCP server exposes:
   tools      query_database, next_page, ask_database, list_tables, search_schema, describe_table,
-             read_json, list_files
-  resources  config://app/settings, schema://tables, schema://tables/{table}
+             read_json, list_files; list_databases when MCP_DATABASES names several databases
+  resources  config://app/settings, schema://tables, schema://tables/{table}; with several databases
+             also schema://{database}/tables and schema://{database}/tables/{table}
 
 The database engine itself enforces read-only (SQLite: a `mode=ro` connection, `PRAGMA query_only`
 and an authorizer that allows nothing but reading; PostgreSQL: one statement per call in a READ ONLY
@@ -2008,6 +2009,7 @@ if __name__ == "__main__" and sys.argv[1:2] == [WORKER_FLAG]:  # a worker needs 
 import argparse
 import asyncio
 import collections
+import dataclasses
 import difflib
 import gc
 import hmac
@@ -2047,7 +2049,7 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from starlette.middleware import Middleware
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -2061,6 +2063,9 @@ SERVER_FILE = Path(__file__).resolve()  # what a worker process runs, with WORKE
 SETTINGS_FILE = ".env"  # in the working folder; MCP_ENV_FILE names another (empty: none)
 FILE_WORKERS = 1  # processes that parse JSON files: reads take milliseconds, and each may need much memory
 DEFAULT_DATABASE = "default"  # the name of the one database of MCP_DB_PATH or DATABASE_URL
+# A name of MCP_DATABASES: short, and safe in a resource URI (schema://NAME/tables) and a log line.
+DATABASE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+RESERVED_NAMES = {"tables"}  # schema://tables/{table} is the default database's
 
 
 # --- Settings ----------------------------------------------------------------------------------
@@ -2088,8 +2093,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("database_url", "MCP_DATABASE_URL", "DATABASE_URL"),  # MCP_ name first
         description="postgresql:// URL to serve PostgreSQL instead of SQLite (also read from DATABASE_URL)",
     )
+    # NoDecode: the validator below reads the JSON itself, so a mistake gets a message that names it.
+    databases: Annotated[dict[str, SecretStr] | None, NoDecode] = Field(
+        None,
+        description="Several databases: a JSON object from a short name to a SQLite path or a postgresql:// URL;"
+        " the first is the default",
+    )
     pool_size: int = Field(
-        4, ge=1, le=64, description="Worker processes that read the database (on PostgreSQL, one connection each)"
+        4, ge=1, le=64, description="Worker processes that read each database (on PostgreSQL, one connection each)"
     )
     worker_memory_mb: int = Field(
         128, ge=32, le=16384, description="Memory each worker process may use beyond its own start-up, in MiB"
@@ -2134,6 +2145,41 @@ class Settings(BaseSettings):
         if info.data.get("db_path"):
             raise ValueError("set MCP_DB_PATH (SQLite) or DATABASE_URL (PostgreSQL), not both")
         return url
+
+    @field_validator("databases", mode="before")
+    @classmethod
+    def _databases(cls, value: Any, info: ValidationInfo) -> dict[str, str] | None:
+        """Names and where each database is: a SQLite file's resolved path, or a PostgreSQL URL. A file
+        that is missing is only found out at start, where it stops that database and not the others."""
+        if value is None or value == "":
+            return None
+        if info.data.get("db_path") or info.data.get("database_url"):
+            raise ValueError("set MCP_DATABASES or MCP_DB_PATH / DATABASE_URL, not both")
+        if isinstance(value, str):
+            try:
+                value = json.loads(value, object_pairs_hook=_unique_keys)
+            except json.JSONDecodeError as exc:  # its message gives a position, never the text (it may hold a password)
+                raise ValueError(
+                    f"not valid JSON ({str(exc).split(':')[0]}); give an object such as"
+                    ' {"shop": "/data/shop.db", "crm": "postgresql://reader@db/crm"}'
+                ) from None
+        if not isinstance(value, dict) or not value:
+            raise ValueError('give a JSON object with at least one database, such as {"shop": "/data/shop.db"}')
+        databases = {}
+        for name, where in value.items():
+            if not isinstance(name, str) or not DATABASE_NAME.fullmatch(name) or name in RESERVED_NAMES:
+                raise ValueError(
+                    f"{name!r} is not a database name: a letter, then up to 63 letters, digits, _ or -"
+                    f" ({', '.join(sorted(RESERVED_NAMES))} is taken)"
+                )
+            where = where.get_secret_value() if isinstance(where, SecretStr) else where
+            if not isinstance(where, str) or not where.strip():
+                raise ValueError(f"database {name!r} needs a SQLite file's path or a postgresql:// URL as a string")
+            postgres = where.startswith(("postgresql://", "postgres://"))
+            if not postgres and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", where):  # never echo it: it may hold a password
+                raise ValueError(f"database {name!r}: only SQLite paths and postgresql:// URLs are supported")
+            databases[name] = where if postgres else Path(where).expanduser().resolve().as_posix()
+        return databases
 
     @field_validator("rate_limit")
     @classmethod
@@ -2265,6 +2311,10 @@ def parse_rate_limit(text: str) -> tuple[int, float]:
 Row = Annotated[list[Any], WithJsonSchema({"type": "array"})]
 
 
+# The `database` argument of the database tools: one of the names MCP_DATABASES gives (or "default").
+DatabaseName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class QueryResult(BaseModel):
     """One page of a query's rows."""
 
@@ -2298,6 +2348,7 @@ class RowCount(BaseModel):
 class TableSummary(RowCount):
     name: str
     type: Literal["table", "view"]
+    database: str | None = Field(None, description="The database it is in, when the server has several")
 
 
 class TableList(BaseModel):
@@ -2305,6 +2356,21 @@ class TableList(BaseModel):
     total: int = Field(description="Tables and views whose names match the pattern")
     truncated: bool = Field(description="True when more match than this answer lists: pass next_offset")
     next_offset: int | None = Field(None, description="The offset that lists the next ones, when truncated")
+    unavailable: dict[str, str] | None = Field(
+        None, description="Databases left out of a listing of all of them because they cannot answer, with why"
+    )
+
+
+class DatabaseSummary(BaseModel):
+    name: str = Field(description="What the database argument of the other tools takes")
+    engine: Literal["SQLite", "PostgreSQL"]
+    default: bool = Field(description="True for the database a call without a database argument uses")
+    table_count: int | None = Field(description="Tables and views, or null when it cannot answer")
+    unavailable: str | None = Field(None, description="Why it cannot answer now, when it cannot")
+
+
+class DatabaseList(BaseModel):
+    databases: list[DatabaseSummary]
 
 
 class ColumnMatch(BaseModel):
@@ -3158,7 +3224,20 @@ def answer(text: str, structure: dict[str, Any]) -> ToolResult:
     return ToolResult.model_construct(content=[TextContent(type="text", text=text)], structured_content=structure)
 
 
-def database_opening(settings: Settings) -> tuple[dict[str, Any], str, str]:
+def database_sources(settings: Settings) -> dict[str, str]:
+    """Each database's name and where it is (a SQLite file's path, or a PostgreSQL URL, which is secret),
+    the default first: MCP_DATABASES, or the one database of MCP_DB_PATH or DATABASE_URL."""
+    if settings.databases:
+        return {name: where.get_secret_value() for name, where in settings.databases.items()}
+    if settings.database_url is not None:
+        return {DEFAULT_DATABASE: settings.database_url.get_secret_value()}
+    assert settings.db_path
+    return {DEFAULT_DATABASE: settings.db_path.as_posix()}
+
+
+def database_opening(
+    settings: Settings, source: str, setting: str = "MCP_DATABASE_URL", name: str = DEFAULT_DATABASE
+) -> tuple[dict[str, Any], str, str]:
     """The first frame of a database worker (see serve_worker), the dialect, and a label for the log."""
     memory = settings.worker_memory_mb * 2**20
     common = {"memory_bytes": memory, "file_bytes": MAX_TEMP_FILE_BYTES, "log_level": settings.log_level}
@@ -3166,12 +3245,11 @@ def database_opening(settings: Settings) -> tuple[dict[str, Any], str, str]:
         "open_results": -(-settings.max_open_results // settings.pool_size),
         "result_idle_s": settings.result_idle_s,
     }
-    if settings.database_url is None:
-        assert settings.db_path
-        config = {"path": settings.db_path.as_posix(), "heap_limit": memory // 2, **held}
+    if not source.startswith(("postgresql://", "postgres://")):
+        config = {"path": source, "heap_limit": memory // 2, **held}
         config["exact_count_bytes"] = EXACT_COUNT_BYTES
-        config["hide"] = hide_rules(settings)
-        return {"engine": "sqlite", "config": config, **common}, "SQLite", str(settings.db_path)
+        config["hide"] = hide_rules(settings, name, database_sources(settings))
+        return {"engine": "sqlite", "config": config, **common}, "SQLite", str(Path(source))
     try:  # imported only when a PostgreSQL URL is given: the extra is optional
         import psycopg
     except ImportError:
@@ -3179,11 +3257,11 @@ def database_opening(settings: Settings) -> tuple[dict[str, Any], str, str]:
             f"{SERVER_NAME}: DATABASE_URL names PostgreSQL, which needs the postgres extra:"
             " pip install 'safe-data-mcp[postgres]' (or uv run --extra postgres ...)"
         ) from None
-    url = settings.database_url.get_secret_value()
+    url = source
     try:
         given = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error:  # its message can quote the password: say only what is wrong
-        raise SystemExit(f"{SERVER_NAME}: bad setting MCP_DATABASE_URL: not a valid PostgreSQL URL") from None
+        raise SystemExit(f"{SERVER_NAME}: bad setting {setting}: not a valid PostgreSQL URL") from None
     ms = settings.query_timeout_ms
     limits = (
         f"-c default_transaction_read_only=on -c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}"
@@ -3195,19 +3273,47 @@ def database_opening(settings: Settings) -> tuple[dict[str, Any], str, str]:
         application_name=given.get("application_name", SERVER_NAME),
     )
     label = f"PostgreSQL database {given.get('dbname', '?')} on {given.get('host', 'localhost')}"
-    config = {"conninfo": conninfo, "timeout_ms": ms, "hide": hide_rules(settings), **held}
+    config = {
+        "conninfo": conninfo,
+        "timeout_ms": ms,
+        "hide": hide_rules(settings, name, database_sources(settings)),
+        **held,
+    }
     return {"engine": "postgres", "config": config, **common}, "PostgreSQL", label
 
 
+@dataclasses.dataclass
+class Database:
+    """One database the server serves, by name: its workers, and why it cannot be used when the start
+    found that out (a missing file, a refused login), which every call to it then says."""
+
+    name: str
+    pool: WorkerPool
+    dialect: str
+    label: str  # for the log and the settings resource: a path, or a PostgreSQL database and host
+    unavailable: str | None = None  # for clients: names no path, host or role
+
+
 class DataService:
-    """What the tools do, with the settings, worker pools and cursor key of one server."""
+    """What the tools do, with the settings, worker pools and cursor key of one server.
+
+    Each database has its own pool of up to MCP_POOL_SIZE workers. The default database's first worker
+    starts with the server; any other database's on its first call, so a server of many databases
+    that are rarely used does not keep a process (or a PostgreSQL connection) for each.
+    """
 
     def __init__(self, settings: Settings):
         assert settings.files_root
         self.settings, self.files_root = settings, settings.files_root
         self.timeout_s = settings.query_timeout_ms / 1000
-        opening, self.dialect, self.label = database_opening(settings)
-        self.database = WorkerPool("database", opening, settings.pool_size, busy_hint=", or raise MCP_POOL_SIZE")
+        self.databases: dict[str, Database] = {}
+        for name, source in database_sources(settings).items():
+            setting = f"MCP_DATABASES (database {name!r})" if settings.databases else "MCP_DATABASE_URL"
+            opening, dialect, label = database_opening(settings, source, setting, name)
+            pool = WorkerPool("database", opening, settings.pool_size, busy_hint=", or raise MCP_POOL_SIZE")
+            self.databases[name] = Database(name, pool, dialect, label)
+        self.default = next(iter(self.databases.values()))
+        self.several = len(self.databases) > 1  # list_tables then lists them all, and list_databases is there
         # Parsing JSON takes up to ~24 bytes of memory per byte of file (a file of empty arrays).
         memory = max(settings.worker_memory_mb * 2**20, 24 * settings.max_file_bytes)
         files = {"root": self.files_root.as_posix(), "max_bytes": settings.max_file_bytes}
@@ -3223,40 +3329,76 @@ class DataService:
     @contextlib.asynccontextmanager
     async def lifespan(self, _server: FastMCP) -> AsyncIterator[dict[str, Any]]:
         """The workers live as long as the server runs (for an in-process client: while it is connected)."""
-        async with self.database.running(warm=True), self.files.running():
+        async with contextlib.AsyncExitStack() as stack:
+            for database in self.databases.values():
+                warm = database is self.default and database.unavailable is None
+                await stack.enter_async_context(database.pool.running(warm=warm))
+            await stack.enter_async_context(self.files.running())
             yield {}
 
+    def database_named(self, name: str | None) -> Database:
+        """The database a call names (None: the default), or a ToolError that lists the names."""
+        if name is None:
+            return self.default
+        if name not in self.databases:
+            raise ToolError(f"no database named {name!r}; the databases are: {', '.join(self.databases)}")
+        return self.databases[name]
+
     async def on_database(
-        self, ctx: Context | None, request: dict[str, Any], worker_id: int | None = None
+        self,
+        ctx: Context | None,
+        request: dict[str, Any],
+        worker_id: int | None = None,
+        database: Database | None = None,
     ) -> tuple[dict[str, Any], bytes]:
-        """One request to a database worker within the deadline, reporting progress while it runs."""
+        """One request to a database's worker (the default's when none is given) within the deadline,
+        reporting progress while it runs."""
+        database = database or self.default
+        if database.unavailable:
+            raise ToolError(
+                f"database {database.name!r} is unavailable: {database.unavailable}; the server's log says more,"
+                " and the other databases answer as usual"
+            )
         try:
-            work = self.database.call(request, Deadline(self.timeout_s), worker_id)
+            work = database.pool.call(request, Deadline(self.timeout_s), worker_id)
             return await reporting_progress(ctx, self.timeout_s, work)
         except QueryRefused as exc:
             if ctx is not None:
                 await ctx.warning(f"refused: {exc}")
             raise ToolError(str(exc)) from None
 
-    async def query(self, ctx: Context | None, query: str, params: Any, max_rows: int | None) -> ToolResult:
+    async def query(
+        self, ctx: Context | None, query: str, params: Any, max_rows: int | None, database: str | None = None
+    ) -> ToolResult:
+        chosen = self.database_named(database)
         if not query.strip():
             raise ToolError("give one SQL statement, such as SELECT * FROM some_table LIMIT 10")
         request = {"op": "query", "sql": query, "params": params, "max_rows": max_rows or self.settings.max_rows}
-        return answer(*await self.page(ctx, request))
+        return answer(*await self.page(ctx, request, database=chosen))
 
-    async def next_page(self, ctx: Context | None, cursor: str, max_rows: int | None) -> ToolResult:
+    async def next_page(
+        self, ctx: Context | None, cursor: str, max_rows: int | None, database: str | None = None
+    ) -> ToolResult:
         try:
             state = self.cursors.decode(cursor)
         except QueryRefused as exc:
             raise ToolError(str(exc)) from None
+        made_on = state.get("d", DEFAULT_DATABASE)  # the cursor says which database it continues
+        if database is not None and database != made_on:
+            raise ToolError(
+                f"this cursor continues a result of database {made_on!r}, not {database!r};"
+                " call next_page with the cursor alone"
+            )
+        chosen = self.database_named(made_on)
         rows = max_rows or state["n"]
         if "r" in state:  # a result one of this process's workers holds open
             if state["i"] != self.instance:
                 raise ToolError(OTHER_PROCESS)
             request = {"op": "next", "result": state["r"], "max_rows": rows}
-            return answer(*await self.page(ctx, request, state["o"], worker_id=state["w"]))
+            return answer(*await self.page(ctx, request, state["o"], worker_id=state["w"], database=chosen))
         request = {"op": "query", "sql": state["q"], "params": state["p"], "max_rows": rows}
-        return answer(*await self.page(ctx, {**request, "skip": state["o"], "version": state["f"]}, state["o"]))
+        request = {**request, "skip": state["o"], "version": state["f"]}
+        return answer(*await self.page(ctx, request, state["o"], database=chosen))
 
     async def page(
         self,
@@ -3265,9 +3407,12 @@ class DataService:
         offset: int = 0,
         worker_id: int | None = None,
         reserve: int = 0,
+        database: Database | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """One page of a statement's rows, as the text and the structure of a QueryResult, with the
-        cursor to the next: to the result a worker holds open, or to run the statement again."""
+        cursor to the next, which names the database: to the result a worker holds open, or to run
+        the statement again."""
+        database = database or self.default
         sql, params = request.get("sql", ""), request.get("params")
         params_size = len(json.dumps(params)) if params is not None else 0
         if params_size > MAX_PARAMS_BYTES:
@@ -3275,11 +3420,16 @@ class DataService:
         # Besides its rows, a page carries its cursor, which may hold the query and parameters again.
         reserve += REPLY_OVERHEAD_BYTES + 8 * len(sql) + 4 * params_size
         started = time.perf_counter()
-        reply, body = await self.on_database(ctx, {**request, "budget": MAX_REPLY_BYTES - reserve}, worker_id)
+        reply, body = await self.on_database(ctx, {**request, "budget": MAX_REPLY_BYTES - reserve}, worker_id, database)
         elapsed = round((time.perf_counter() - started) * 1000, 2)
         count, cursor, note = reply["row_count"], None, None
         if reply["more"]:
-            state = {"n": request["max_rows"], "o": offset + count, "expires": time.time() + CURSOR_TTL_S}
+            state = {
+                "n": request["max_rows"],
+                "o": offset + count,
+                "d": database.name,
+                "expires": time.time() + CURSOR_TTL_S,
+            }
             if reply.get("result"):
                 cursor = self.cursors.encode({**state, "w": reply["worker"], "r": reply["result"], "i": self.instance})
             elif reply.get("version"):
@@ -3298,11 +3448,12 @@ class DataService:
         }
         return spliced(fields, "rows", body.decode(), json.loads(body))
 
-    async def ask(self, ctx: Context, question: str) -> ToolResult:
+    async def ask(self, ctx: Context, question: str, database: str | None = None) -> ToolResult:
+        chosen = self.database_named(database)
         capabilities = ctx.session.client_capabilities
         if capabilities is None or capabilities.sampling is None:
             raise ToolError(NO_SAMPLING)
-        reply, _ = await self.on_database(None, {"op": "schema"})
+        reply, _ = await self.on_database(None, {"op": "schema"}, database=chosen)
         tables: list[dict[str, Any]] = []
         for table in reply["tables"]:  # as many tables as fit; the model sees the question either way
             if sum(len(json.dumps(t)) for t in tables) + len(json.dumps(table)) > MAX_SCHEMA_CHARS:
@@ -3314,7 +3465,7 @@ class DataService:
         try:
             sampled = await ctx.session.create_message(
                 messages=[SamplingMessage(role="user", content=TextContent(type="text", text=data))],
-                system_prompt=ASK_SYSTEM_PROMPT.format(dialect=self.dialect),
+                system_prompt=ASK_SYSTEM_PROMPT.format(dialect=chosen.dialect),
                 max_tokens=800,
                 related_request_id=ctx.request_id,
             )
@@ -3325,35 +3476,91 @@ class DataService:
             raise ToolError("the client's model gave no SQL for that question; rephrase it")
         await ctx.info(f"ask_database runs: {sql}")
         request = {"op": "query", "sql": sql, "params": None, "max_rows": self.settings.max_rows}
-        page_text, page = await self.page(ctx, request, reserve=8 * len(question))
+        page_text, page = await self.page(ctx, request, reserve=8 * len(question), database=chosen)
         return answer(*spliced({"question": question, "sql": sql}, "result", page_text, page))
 
-    async def tables(self, pattern: str = "*", schema: str | None = None, offset: int = 0) -> TableList:
-        request = {
-            "op": "list_tables",
-            "pattern": pattern,
-            "schema": schema,
-            "offset": offset,
-            "limit": MAX_LIST_ENTRIES,
-        }
-        reply, _ = await self.on_database(None, request)
-        shown, total = len(reply["tables"]), reply["total"]
-        more = offset + shown < total
+    async def tables(
+        self, pattern: str = "*", schema: str | None = None, offset: int = 0, database: str | None = None
+    ) -> TableList:
+        """One database's tables, or with several and none named, every database's, one after another in
+        the order they are configured: `total` counts them all, and `offset` runs over the whole list.
+        There a `schema` leaves out the SQLite databases (which have none), and a database that cannot
+        answer is named under `unavailable` instead of failing the whole listing."""
+        every = database is None and self.several
+        chosen = list(self.databases.values()) if every else [self.database_named(database)]
+        tables: list[dict[str, Any]] = []
+        total, skip, unavailable = 0, offset, {}
+        for each in chosen:
+            if every and schema is not None and each.dialect != "PostgreSQL":
+                continue
+            request = {
+                "op": "list_tables",
+                "pattern": pattern,
+                "schema": schema,
+                "offset": skip,
+                "limit": MAX_LIST_ENTRIES - len(tables),  # 0 once the page is full: only the total is asked
+            }
+            try:
+                reply, _ = await self.on_database(None, request, database=each)
+            except ToolError as exc:
+                if not every:
+                    raise
+                unavailable[each.name] = str(exc)
+                continue
+            tables += [{**table, "database": each.name} if self.several else table for table in reply["tables"]]
+            total, skip = total + reply["total"], max(0, skip - reply["total"])
+        more = offset + len(tables) < total
         return TableList(
-            tables=reply["tables"], total=total, truncated=more, next_offset=offset + shown if more else None
+            tables=tables,
+            total=total,
+            truncated=more,
+            next_offset=offset + len(tables) if more else None,
+            unavailable=unavailable or None,
         )
 
-    async def search(self, pattern: str) -> SchemaMatches:
-        reply, _ = await self.on_database(None, {"op": "search", "pattern": pattern, "limit": MAX_LIST_ENTRIES})
+    async def search(self, pattern: str, database: str | None = None) -> SchemaMatches:
+        request = {"op": "search", "pattern": pattern, "limit": MAX_LIST_ENTRIES}
+        reply, _ = await self.on_database(None, request, database=self.database_named(database))
         return SchemaMatches.model_validate(reply)
 
-    async def describe(self, name: str) -> TableDescription:
-        reply, _ = await self.on_database(None, {"op": "describe_table", "name": name})
+    async def describe(self, name: str, database: str | None = None) -> TableDescription:
+        reply, _ = await self.on_database(
+            None, {"op": "describe_table", "name": name}, database=self.database_named(database)
+        )
         return TableDescription.model_validate(reply["table"])
 
-    async def table_names(self) -> list[str]:
-        reply, _ = await self.on_database(None, {"op": "table_names"})
+    async def table_names(self, database: str | None = None) -> list[str]:
+        reply, _ = await self.on_database(None, {"op": "table_names"}, database=self.database_named(database))
         return reply["names"]
+
+    async def list_databases(self) -> DatabaseList:
+        """Every database with its engine and number of tables and views, or why it cannot answer now."""
+        found = []
+        for each in self.databases.values():
+            count, why = None, each.unavailable
+            if why is None:
+                try:
+                    reply, _ = await self.on_database(None, {"op": "table_names"}, database=each)
+                    count = len(reply["names"])
+                except ToolError as exc:
+                    why = str(exc)
+            found.append(
+                DatabaseSummary(
+                    name=each.name,
+                    engine=each.dialect,
+                    default=each is self.default,
+                    table_count=count,
+                    unavailable=why,
+                )
+            )
+        return DatabaseList(databases=found)
+
+    def database_views(self) -> list[dict[str, Any]]:
+        """Name, engine and label of each database, for the settings resource: never a URL, so never a password."""
+        return [
+            {"name": d.name, "engine": d.dialect, "label": d.label, "default": d is self.default}
+            for d in self.databases.values()
+        ]
 
     async def read_json(self, filepath: str, pointer: str | None) -> ToolResult:
         request = {
@@ -3386,7 +3593,10 @@ def with_demo(settings: Settings) -> tuple[Settings, list[str]]:
     ("database", "files") it stands in for."""
     demo = [
         part
-        for part, own in (("database", settings.db_path or settings.database_url), ("files", settings.files_root))
+        for part, own in (
+            ("database", settings.db_path or settings.database_url or settings.databases),
+            ("files", settings.files_root),
+        )
         if not own
     ]
     if not demo:
@@ -3403,25 +3613,44 @@ def with_demo(settings: Settings) -> tuple[Settings, list[str]]:
     return settings.model_copy(update={**update, "files_root": settings.files_root or demo_files}), demo
 
 
-def check_database(settings: Settings, opening: dict[str, Any]) -> None:
+def check_databases(settings: Settings, service: DataService) -> None:
     """Stop at start, with one line, where every call would fail: a file that is not a SQLite database, a
-    login or database name PostgreSQL refuses, a role it lets reach files. An unreachable PostgreSQL is
-    only a warning: it may come up later, and each call says so meanwhile."""
+    login or database name PostgreSQL refuses, a role it lets reach files. With MCP_DATABASES such a
+    database is only marked unavailable, with a one-line warning, and the others serve."""
+    for database in service.databases.values():
+        prefix = f"database {database.name!r}: " if settings.databases else ""
+        if (problem := database_problem(database.pool.opening, prefix)) is None:
+            continue
+        detail, reason = problem
+        if not settings.databases:
+            urls = ("MCP_DATABASE_URL", "DATABASE_URL")
+            name = next((n for n in urls if n in given_settings()), urls[0]) if settings.database_url else "MCP_DB_PATH"
+            raise SystemExit(f"{SERVER_NAME}: bad setting {name}: {detail}")
+        log.warning("database %r of MCP_DATABASES is unavailable: %s", database.name, detail)
+        database.unavailable = reason
+
+
+def database_problem(opening: dict[str, Any], prefix: str = "") -> tuple[str, str] | None:
+    """What makes every call to a database fail, said twice: for the log (naming the file, or what
+    PostgreSQL said), and for clients (naming no path, host or role). An unreachable PostgreSQL is not
+    one, only a warning: it may come up later, and each call says so meanwhile."""
     if opening["engine"] == "sqlite":
-        uri = f"file:{urllib.parse.quote(opening['config']['path'])}?mode=ro"
+        path = opening["config"]["path"]
+        if not Path(path).is_file():  # only with MCP_DATABASES: the settings check MCP_DB_PATH themselves
+            return f"{path} is not an existing file (the server never creates one)", "its SQLite file does not exist"
+        uri = f"file:{urllib.parse.quote(path)}?mode=ro"
         try:
             with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)) as conn:
                 conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
         except sqlite3.Error as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):  # a writer at work is no fault of the setting
-                raise SystemExit(
-                    f"{SERVER_NAME}: bad setting MCP_DB_PATH: {settings.db_path} cannot be read as a SQLite"
-                    f" database ({exc}); point it at the database file itself"
-                ) from None
-        return
+                return (
+                    f"{path} cannot be read as a SQLite database ({exc}); point it at the database file itself",
+                    "its file cannot be read as a SQLite database",
+                )
+        return None
     import psycopg
 
-    name = next((n for n in ("MCP_DATABASE_URL", "DATABASE_URL") if n in given_settings()), "MCP_DATABASE_URL")
     try:
         with psycopg.connect(opening["config"]["conninfo"], autocommit=True, connect_timeout=3) as conn:
             _refuse_privileged_role(conn)
@@ -3429,10 +3658,10 @@ def check_database(settings: Settings, opening: dict[str, Any]) -> None:
                 try:
                     _refuse_readable_hidden(conn, opening["config"]["hide"])
                 except QueryRefused as exc:
-                    raise SystemExit(f"{SERVER_NAME}: {exc}") from None
+                    return str(exc), "its PostgreSQL role can read what MCP_HIDE hides, so the server does not use it"
                 _warn_security_definers(conn)
     except QueryRefused as exc:
-        raise SystemExit(f"{SERVER_NAME}: bad setting {name}: {exc}") from None
+        return str(exc), "its PostgreSQL role may read server files, so the server does not use it"
     except psycopg.Error as exc:
         text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         refused = (
@@ -3442,8 +3671,9 @@ def check_database(settings: Settings, opening: dict[str, Any]) -> None:
             "not permitted to log in",
         )
         if any(reason in text for reason in refused):
-            raise SystemExit(f"{SERVER_NAME}: bad setting {name}: PostgreSQL refused it: {text}") from None
-        log.warning("cannot reach PostgreSQL now (%s); each call will try again", text)
+            return f"PostgreSQL refused it: {text}", "PostgreSQL refused the server's login or database name"
+        log.warning("%scannot reach PostgreSQL now (%s); each call will try again", prefix, text)
+    return None
 
 
 def _warn_security_definers(conn: Any) -> None:
@@ -3472,7 +3702,7 @@ def create_server(settings: Settings) -> FastMCP:
     source = str(file) if (file := settings_file()) else None
     settings, demo = with_demo(settings)
     service = DataService(settings)
-    check_database(settings, service.database.opening)
+    check_databases(settings, service)
 
     middleware = []
     if settings.rate_limit:
@@ -3486,13 +3716,20 @@ def create_server(settings: Settings) -> FastMCP:
         if token
         else None
     )
+    databases = ", ".join(f"{d.name} ({d.dialect})" for d in service.databases.values())
     mcp = DataServer(
         SERVER_NAME,
         version=SERVER_VERSION,
         instructions=(
-            f"Read-only access to a {service.dialect} database and a folder of JSON files. Start with list_tables"
-            " (search_schema in big schemas) and describe_table, then query_database with one SELECT; a long"
-            " result continues with next_page. Use list_files and read_json for the files."
+            (
+                f"Read-only access to several databases, {databases}, and a folder of JSON files. The database"
+                f" tools take a `database` argument naming one; without it they use {service.default.name}, and"
+                " list_tables lists every database's tables. list_databases shows them all."
+                if service.several
+                else f"Read-only access to a {service.default.dialect} database and a folder of JSON files."
+            )
+            + " Start with list_tables (search_schema in big schemas) and describe_table, then query_database with"
+            " one SELECT; a long result continues with next_page. Use list_files and read_json for the files."
         ),
         auth=auth,
         auth_token=settings.auth_token,
@@ -3506,6 +3743,7 @@ def create_server(settings: Settings) -> FastMCP:
         query: Annotated[str, Field(min_length=1, max_length=MAX_SQL_CHARS)],
         params: list[Any] | dict[str, Any] | None = None,
         max_rows: Annotated[int, Field(ge=1, le=MAX_ROWS_LIMIT)] | None = None,
+        database: DatabaseName | None = None,
         ctx: Context | None = None,
     ) -> ToolResult:
         """Run one read-only SQL statement (SELECT, WITH, EXPLAIN; on SQLite also pragma_* functions).
@@ -3514,13 +3752,15 @@ def create_server(settings: Settings) -> FastMCP:
             query: One SQL statement. Placeholders for values: ? or :name on SQLite, $1, $2 on PostgreSQL.
             params: Values for the placeholders: a list for ? and $1, an object for :name.
             max_rows: Rows per page (default from MCP_MAX_ROWS). A longer result ends with a next_cursor.
+            database: The database to run it on, by name; omit for the default one.
         """
-        return await service.query(ctx, query, params, max_rows)
+        return await service.query(ctx, query, params, max_rows, database)
 
     @mcp.tool(annotations=READ_ONLY, output_schema=output_schema(QueryResult))
     async def next_page(
         cursor: Annotated[str, Field(min_length=1, max_length=MAX_CURSOR_CHARS)],
         max_rows: Annotated[int, Field(ge=1, le=MAX_ROWS_LIMIT)] | None = None,
+        database: DatabaseName | None = None,
         ctx: Context | None = None,
     ) -> ToolResult:
         """The next page of a query_database result, from the same snapshot: every row exactly once, in order.
@@ -3528,23 +3768,30 @@ def create_server(settings: Settings) -> FastMCP:
         Args:
             cursor: The next_cursor of the previous page.
             max_rows: Rows in this page (default: as many as the previous one).
+            database: Not needed: the cursor knows its database. If given, it must be that one.
         """
-        return await service.next_page(ctx, cursor, max_rows)
+        return await service.next_page(ctx, cursor, max_rows, database)
 
     @mcp.tool(annotations=READ_ONLY, output_schema=output_schema(AskResult))
-    async def ask_database(question: Annotated[str, Field(min_length=1, max_length=2000)], ctx: Context) -> ToolResult:
+    async def ask_database(
+        question: Annotated[str, Field(min_length=1, max_length=2000)],
+        ctx: Context,
+        database: DatabaseName | None = None,
+    ) -> ToolResult:
         """Answer a question in plain words: the client's model writes the SQL, this server runs it read-only.
 
         Args:
             question: What you want to know about the data, for example "top five customers by spend".
+            database: The database to ask, by name; omit for the default one.
         """
-        return await service.ask(ctx, question)
+        return await service.ask(ctx, question, database)
 
     @mcp.tool(annotations=READ_ONLY)
     async def list_tables(
         pattern: Annotated[str, Field(min_length=1, max_length=200)] = "*",
         schema: Annotated[str, Field(min_length=1, max_length=200)] | None = None,
         offset: Annotated[int, Field(ge=0)] = 0,
+        database: DatabaseName | None = None,
     ) -> TableList:
         """The tables and views of the database with their row counts, up to 1,000 per answer.
 
@@ -3552,26 +3799,42 @@ def create_server(settings: Settings) -> FastMCP:
             pattern: Glob over names, without regard to case: "*" all, "order*", "*_log".
             schema: PostgreSQL only: list this schema's tables alone.
             offset: Skip this many matching tables: the next_offset of a truncated answer.
+            database: List this database alone, by name; omit for the default one, or for every database
+                (each table then names its own) when the server has several.
         """
-        return await service.tables(pattern, schema, offset)
+        return await service.tables(pattern, schema, offset, database)
 
     @mcp.tool(annotations=READ_ONLY)
-    async def search_schema(pattern: Annotated[str, Field(min_length=1, max_length=200)]) -> SchemaMatches:
+    async def search_schema(
+        pattern: Annotated[str, Field(min_length=1, max_length=200)], database: DatabaseName | None = None
+    ) -> SchemaMatches:
         """Find tables and columns by name in a big schema.
 
         Args:
             pattern: Glob over table and column names, without regard to case: "*email*", "customer_id".
+            database: The database to search, by name; omit for the default one.
         """
-        return await service.search(pattern)
+        return await service.search(pattern, database)
 
     @mcp.tool(annotations=READ_ONLY)
-    async def describe_table(table: Annotated[str, Field(min_length=1, max_length=1000)]) -> TableDescription:
+    async def describe_table(
+        table: Annotated[str, Field(min_length=1, max_length=1000)], database: DatabaseName | None = None
+    ) -> TableDescription:
         """Columns, keys, indexes, row count and CREATE statement of one table or view.
 
         Args:
             table: The table or view name, as list_tables shows it.
+            database: The database it is in, by name; omit for the default one.
         """
-        return await service.describe(table)
+        return await service.describe(table, database)
+
+    if service.several:
+
+        @mcp.tool(annotations=READ_ONLY)
+        async def list_databases() -> DatabaseList:
+            """The databases this server reads: name (what the `database` argument takes), engine, number of
+            tables and views, which is the default, and why one cannot answer now."""
+            return await service.list_databases()
 
     @mcp.tool(annotations=READ_ONLY, output_schema=output_schema(JsonDocument))
     async def read_json(
@@ -3605,37 +3868,71 @@ def create_server(settings: Settings) -> FastMCP:
     @mcp.resource("config://app/settings", mime_type="application/json")
     def app_settings() -> str:
         """The effective settings; secrets show only as set or unset; `demo` lists what the demo stands in for."""
-        return json.dumps({**settings.public_view(), "demo": demo, "settings_file": source}, indent=2)
+        view = {**settings.public_view(), "databases": service.database_views()}
+        return json.dumps({**view, "demo": demo, "settings_file": source}, indent=2)
 
     @mcp.resource("schema://tables", mime_type="application/json")
     async def schema_tables() -> str:
-        """Every table and view with its row count."""
+        """Every table and view of the default database with its row count."""
         try:
-            return (await service.tables()).model_dump_json(indent=2)
+            return (await service.tables(database=service.default.name)).model_dump_json(indent=2)
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
 
     @mcp.resource("schema://tables/{table}", mime_type="application/json")
     async def schema_table(table: str) -> str:
-        """Columns, foreign keys, indexes, row count and CREATE statement of one table or view."""
+        """Columns, foreign keys, indexes, row count and CREATE statement of one table or view of the default
+        database."""
         try:
             return (await service.describe(table)).model_dump_json(indent=2)
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
 
+    if service.several:
+
+        @mcp.resource("schema://{database}/tables", mime_type="application/json")
+        async def database_tables(database: str) -> str:
+            """Every table and view of one database, with its row count."""
+            try:
+                return (await service.tables(database=database)).model_dump_json(indent=2)
+            except ToolError as exc:
+                raise ResourceError(str(exc)) from None
+
+        @mcp.resource("schema://{database}/tables/{table}", mime_type="application/json")
+        async def database_table(database: str, table: str) -> str:
+            """Columns, foreign keys, indexes, row count and CREATE statement of one table or view of one database."""
+            try:
+                return (await service.describe(table, database)).model_dump_json(indent=2)
+            except ToolError as exc:
+                raise ResourceError(str(exc)) from None
+
     @mcp.completion
     async def complete(ref: Any, argument: Any, context: Any) -> list[str]:
-        if (
-            isinstance(ref, ResourceTemplateReference)
-            and ref.uri == "schema://tables/{table}"
-            and argument.name == "table"
-        ):
-            names = await service.table_names()
-            typed = argument.value.lower()  # "boo" finds "books", and on PostgreSQL "public.books" too
+        if not isinstance(ref, ResourceTemplateReference):
+            return []
+        typed = argument.value.lower()
+        if argument.name == "database" and ref.uri.startswith("schema://{database}/"):
+            return [name for name in service.databases if name.lower().startswith(typed)]
+        if argument.name == "table" and ref.uri in ("schema://tables/{table}", "schema://{database}/tables/{table}"):
+            database = None
+            if ref.uri != "schema://tables/{table}":  # the database typed already, or the default
+                database = ((context.arguments if context else None) or {}).get("database")
+                if database is not None and database not in service.databases:
+                    return []
+            names = await service.table_names(database)
+            # "boo" finds "books", and on PostgreSQL "public.books" too
             return [n for n in names if n.lower().startswith(typed) or n.lower().rpartition(".")[2].startswith(typed)]
         return []
 
-    if demo:
+    if service.several:
+        log.info(
+            "serving %d databases read-only: %s; and JSON files under %s%s",
+            len(service.databases),
+            "; ".join(f"{d.name}: {d.dialect} {d.label}" for d in service.databases.values()),
+            service.files_root,
+            " (the BUILT-IN DEMO's: set MCP_FILES_ROOT to serve your own)" if demo else "",
+        )
+    elif demo:
         log.info(
             "serving the BUILT-IN DEMO %s (set %s to serve your own): database %s, files %s",
             " and ".join(demo),
@@ -3644,12 +3941,15 @@ def create_server(settings: Settings) -> FastMCP:
                 for part, kind in (("MCP_DB_PATH or DATABASE_URL", "database"), ("MCP_FILES_ROOT", "files"))
                 if kind in demo
             ),
-            service.label,
+            service.default.label,
             service.files_root,
         )
     else:
         log.info(
-            "serving your %s %s read-only, and JSON files under %s", service.dialect, service.label, service.files_root
+            "serving your %s %s read-only, and JSON files under %s",
+            service.default.dialect,
+            service.default.label,
+            service.files_root,
         )
     return mcp
 

@@ -44,7 +44,9 @@ from test_server import (  # clean_environment is an autouse fixture: no develop
     answer_bytes,
     answer_text,
     answering,
+    build_database,
     build_files,
+    build_shop,
     call,
     clean_environment,  # noqa: F401
     error_of,
@@ -664,12 +666,12 @@ async def test_connection_settings_are_in_force(make_server):
 
 
 async def test_pg_sleep_past_the_deadline_is_stopped_on_the_server(make_server, library):
-    async with Client(make_server(query_timeout_ms=300)) as client:
+    async with Client(make_server(query_timeout_ms=1000)) as client:
         started = time.monotonic()
         message = await error_of(client, "query_database", query="SELECT pg_sleep(30)")
         elapsed = time.monotonic() - started
         await alive(client)
-    assert "300 ms deadline" in message and elapsed < 5
+    assert "1000 ms deadline" in message and elapsed < 5
     assert await sleeping_backends(library) == 0
 
 
@@ -1320,3 +1322,116 @@ async def test_postgres_listings_leave_hidden_things_out_and_mark_hidden_columns
 def test_an_owner_role_is_refused_whatever_it_was_granted(hidden_library, files_root):
     message = refusal_to_start(hidden_library.owner, files_root)
     assert '"public"."secrets"' in message and "it owns" in message and "connect as a role that only reads" in message
+
+
+# --- Several databases: two SQLite files and PostgreSQL in one server ------------------------------
+
+PG_TABLES = [
+    "archive.books",
+    "public.authors",
+    "public.book_titles",
+    "public.books",
+    "public.numbers",
+    "public.oddities",
+]
+
+
+@pytest.fixture
+def mixed(library: Library, tmp_path: Path) -> dict[str, str]:
+    """MCP_DATABASES of the SQLite library (the default), this PostgreSQL database and the SQLite shop."""
+    library_db, shop_db = build_database(tmp_path / "library.db"), build_shop(tmp_path / "shop.db")
+    return {"books": str(library_db), "pg": library.owner, "shop": str(shop_db)}
+
+
+async def test_two_sqlite_databases_and_postgresql_serve_at_once(mixed, files_root):
+    async with Client(create_server(Settings(databases=mixed, files_root=files_root))) as client:
+        pg = await call(
+            client, "query_database", query="SELECT title FROM books WHERE id = $1", params=[3], database="pg"
+        )
+        books = await call(client, "query_database", query="SELECT title FROM books WHERE id = ?", params=[3])
+        shop = await call(client, "query_database", query="SELECT name FROM customers ORDER BY id", database="shop")
+        listed = await call(client, "list_databases")
+        described = await call(client, "describe_table", table="books", database="pg")
+        searched = await call(client, "search_schema", pattern="title", database="pg")
+    assert pg["rows"] == books["rows"] == [["Solaris"]] and shop["rows"] == [["Ada"], ["Kofi"]]
+    assert [(d["name"], d["engine"], d["table_count"], d["default"]) for d in listed["databases"]] == [
+        ("books", "SQLite", 5, True),
+        ("pg", "PostgreSQL", 6, False),
+        ("shop", "SQLite", 2, False),
+    ]
+    assert described["name"] == "public.books" and described["row_count"] == 3
+    assert {c["table"] for c in searched["columns"]} == {"archive.books", "public.book_titles", "public.books"}
+
+
+async def test_list_tables_spans_sqlite_and_postgresql(mixed, files_root):
+    async with Client(create_server(Settings(databases=mixed, files_root=files_root))) as client:
+        every = await call(client, "list_tables")
+        archive = await call(client, "list_tables", schema="archive")  # only PostgreSQL has schemas
+        pg = await call(client, "list_tables", database="pg", pattern="book*")
+    assert [(t["database"], t["name"]) for t in every["tables"]] == [
+        *(("books", name) for name in ["authors", "book_titles", "books", "numbers", "oddities"]),
+        *(("pg", name) for name in PG_TABLES),
+        ("shop", "customers"),
+        ("shop", "numbers"),
+    ]
+    assert every["total"] == 13 and every["unavailable"] is None
+    assert [(t["database"], t["name"]) for t in archive["tables"]] == [("pg", "archive.books")] and archive[
+        "total"
+    ] == 1
+    names = [(t["database"], t["name"]) for t in pg["tables"]]
+    assert names == [("pg", "archive.books"), ("pg", "public.book_titles"), ("pg", "public.books")]
+
+
+async def test_next_page_resources_and_completion_reach_postgresql_by_name(mixed, files_root):
+    ref = {"type": "ref/resource", "uri": "schema://{database}/tables/{table}"}
+    async with Client(create_server(Settings(databases=mixed, files_root=files_root))) as client:
+        page = await call(
+            client, "query_database", query="SELECT n FROM numbers ORDER BY n", max_rows=900, database="pg"
+        )
+        rows = page["rows"]
+        while page["truncated"]:
+            page = await call(client, "next_page", cursor=page["next_cursor"])
+            rows += page["rows"]
+        resource = json.loads((await client.read_resource("schema://pg/tables/public.books"))[0].text)
+        tool = await call(client, "describe_table", table="public.books", database="pg")
+        listing = json.loads((await client.read_resource("schema://pg/tables"))[0].text)
+        completed = await client.complete(
+            ref=ref, argument={"name": "table", "value": "public.b"}, context_arguments={"database": "pg"}
+        )
+        view = (await client.read_resource("config://app/settings"))[0].text
+    assert [row[0] for row in rows] == list(range(1, 2501))  # PostgreSQL's numbers, not the SQLite library's
+    assert resource == tool and [t["name"] for t in listing["tables"]] == PG_TABLES
+    assert completed.values == ["public.book_titles", "public.books"]
+    password = urllib.parse.urlsplit(mixed["pg"]).password
+    engines = [(d["name"], d["engine"]) for d in json.loads(view)["databases"]]
+    assert engines == [("books", "SQLite"), ("pg", "PostgreSQL"), ("shop", "SQLite")] and password not in view
+
+
+async def test_a_bad_postgresql_database_stops_only_itself(library, mixed, files_root, role_that_may_not_log_in):
+    parts = urllib.parse.urlsplit(library.owner)
+    refused = (
+        f"postgresql://{role_that_may_not_log_in}:not-the-password@{parts.hostname}:{parts.port}/{library.database}"
+    )
+    down = f"postgresql://{parts.username}:not-the-password@{parts.hostname}:{free_port()}/{library.database}"
+    databases = {"books": mixed["books"], "refused": refused, "down": down, "root": library.admin, "pg": mixed["pg"]}
+    async with Client(
+        create_server(Settings(databases=databases, files_root=files_root, query_timeout_ms=2000))
+    ) as client:
+        books = await call(client, "query_database", query="SELECT count(*) FROM books")
+        pg = await call(client, "query_database", query="SELECT count(*) FROM books", database="pg")
+        errors = {name: await error_of(client, "list_tables", database=name) for name in ("refused", "down", "root")}
+        listed = await call(client, "list_databases")
+        every = await call(client, "list_tables")
+        view = (await client.read_resource("config://app/settings"))[0].text
+    assert books["rows"] == pg["rows"] == [[3]]
+    assert "database 'refused' is unavailable: PostgreSQL refused the server's login" in errors["refused"]
+    assert "cannot reach PostgreSQL" in errors["down"]  # it may come up later: each call tries again
+    assert "database 'root' is unavailable: its PostgreSQL role may read server files" in errors["root"]
+    for message in [*errors.values(), *(d["unavailable"] or "" for d in listed["databases"])]:
+        for secret in (parts.hostname, parts.username, role_that_may_not_log_in, "not-the-password"):
+            assert secret not in message, (secret, message)
+    assert [(d["name"], d["table_count"], d["unavailable"] is None) for d in listed["databases"]] == [
+        ("books", 5, True), ("refused", None, False), ("down", None, False), ("root", None, False), ("pg", 6, True),
+    ]  # fmt: skip
+    assert sorted(every["unavailable"]) == ["down", "refused", "root"] and every["total"] == 11
+    assert "not-the-password" not in view and urllib.parse.urlsplit(mixed["pg"]).password not in view

@@ -154,12 +154,12 @@ async def error_of(client: Client, tool: str, **arguments) -> str:
 # --- The tool list ---------------------------------------------------------------------------------
 
 EXPECTED_TOOLS = {
-    "query_database": ["query", "params", "max_rows"],
-    "next_page": ["cursor", "max_rows"],
-    "ask_database": ["question"],
-    "list_tables": ["pattern", "schema", "offset"],
-    "search_schema": ["pattern"],
-    "describe_table": ["table"],
+    "query_database": ["query", "params", "max_rows", "database"],
+    "next_page": ["cursor", "max_rows", "database"],
+    "ask_database": ["question", "database"],
+    "list_tables": ["pattern", "schema", "offset", "database"],
+    "search_schema": ["pattern", "database"],
+    "describe_table": ["table", "database"],
     "read_json": ["filepath", "pointer"],
     "list_files": ["directory", "pattern", "offset"],
 }
@@ -590,6 +590,336 @@ async def test_settings_resource_hides_secrets(make_server):
     view = json.loads(text)
     assert view["max_rows"] == 42 and view["auth_token"] == "set" and view["cursor_secret"] == "unset"
     assert "hunter2" not in text
+
+
+# --- Several databases: MCP_DATABASES ------------------------------------------------------------
+
+
+def build_shop(path: Path, journal: str = "delete") -> Path:
+    """A second database, whose `numbers` (10001..10300) differ from the library's (1..2500)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA journal_mode = {journal}")
+        conn.executescript(
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, country TEXT);"
+            " CREATE TABLE numbers (n INTEGER PRIMARY KEY);"
+            " INSERT INTO customers VALUES (1, 'Ada', 'DE'), (2, 'Kofi', 'GH');"
+        )
+        conn.executemany("INSERT INTO numbers VALUES (?)", [(n,) for n in range(10001, 10301)])
+        conn.commit()
+    return path
+
+
+@pytest.fixture
+def shop_path(scratch: Path) -> Path:
+    return build_shop(scratch / "shop.db")
+
+
+@pytest.fixture
+def make_several(db_path: Path, shop_path: Path, files_root: Path):
+    """A server of MCP_DATABASES: by default the library (the default database) and the shop."""
+
+    def make(databases: dict[str, Any] | None = None, **overrides):
+        databases = databases or {"library": str(db_path), "shop": str(shop_path)}
+        return create_server(Settings(databases=databases, files_root=files_root, **overrides))
+
+    return make
+
+
+LIBRARY_TABLES = ["authors", "book_titles", "books", "numbers", "oddities"]
+
+
+async def test_several_databases_add_list_databases_to_the_tools(make_several):
+    async with Client(make_several()) as client:
+        tools = {tool.name: list(tool.input_schema.get("properties", {})) for tool in await client.list_tools()}
+    assert tools == {**EXPECTED_TOOLS, "list_databases": []}
+
+
+async def test_each_database_answers_by_name_and_the_first_is_the_default(make_several):
+    async with Client(make_several()) as client:
+        authors = await call(client, "query_database", query="SELECT name FROM authors ORDER BY id", database="library")
+        customers = await call(
+            client, "query_database", query="SELECT name FROM customers ORDER BY id", database="shop"
+        )
+        default = await call(client, "query_database", query="SELECT count(*), max(n) FROM numbers")
+        shop = await call(client, "query_database", query="SELECT count(*), max(n) FROM numbers", database="shop")
+        elsewhere = await error_of(client, "query_database", query="SELECT * FROM customers")
+    assert authors["rows"] == [["Ursula"], ["Stanisław"]] and customers["rows"] == [["Ada"], ["Kofi"]]
+    assert default["rows"] == [[2500, 2500]] and shop["rows"] == [[300, 10300]]
+    assert "no such table: customers" in elsewhere  # the default database is the library
+
+
+async def test_list_databases_names_engine_tables_and_default(make_several):
+    async with Client(make_several()) as client:
+        listed = await call(client, "list_databases")
+    assert listed["databases"] == [
+        {"name": "library", "engine": "SQLite", "default": True, "table_count": 5, "unavailable": None},
+        {"name": "shop", "engine": "SQLite", "default": False, "table_count": 2, "unavailable": None},
+    ]
+
+
+async def test_list_tables_lists_every_database_or_the_one_named(make_several):
+    async with Client(make_several()) as client:
+        every = await call(client, "list_tables")
+        shop = await call(client, "list_tables", database="shop")
+        numbers = await call(client, "list_tables", pattern="numbers")
+        schema = await call(client, "list_tables", schema="public")  # no SQLite database has schemas
+    assert [(t["database"], t["name"]) for t in every["tables"]] == [
+        *(("library", name) for name in LIBRARY_TABLES),
+        ("shop", "customers"),
+        ("shop", "numbers"),
+    ]
+    assert (every["total"], every["truncated"], every["unavailable"]) == (7, False, None)
+    assert [(t["database"], t["name"], t["row_count"]) for t in shop["tables"]] == [
+        ("shop", "customers", 2),
+        ("shop", "numbers", 300),
+    ]
+    assert shop["total"] == 2
+    assert [(t["database"], t["row_count"]) for t in numbers["tables"]] == [("library", 2500), ("shop", 300)]
+    assert schema["tables"] == [] and schema["total"] == 0
+
+
+async def test_list_tables_of_every_database_goes_on_past_its_limit(make_several, monkeypatch):
+    monkeypatch.setattr(server, "MAX_LIST_ENTRIES", 3)
+    async with Client(make_several()) as client:
+        seen, offsets, offset = [], [], 0
+        while offset is not None:
+            page = await call(client, "list_tables", offset=offset)
+            assert page["total"] == 7 and len(page["tables"]) <= 3
+            seen += [(t["database"], t["name"]) for t in page["tables"]]
+            offsets.append(offset)
+            offset = page["next_offset"]
+    assert offsets == [0, 3, 6]  # the second page holds the library's last two and the shop's first
+    assert seen == [*(("library", name) for name in LIBRARY_TABLES), ("shop", "customers"), ("shop", "numbers")]
+
+
+async def test_describe_and_search_read_the_database_named(make_several):
+    async with Client(make_several()) as client:
+        customers = await call(client, "describe_table", table="customers", database="shop")
+        library_numbers = await call(client, "describe_table", table="numbers")
+        shop_numbers = await call(client, "describe_table", table="numbers", database="shop")
+        missing = await error_of(client, "describe_table", table="authors", database="shop")
+        shop = await call(client, "search_schema", pattern="*name*", database="shop")
+        library = await call(client, "search_schema", pattern="*name*")
+    assert [c["name"] for c in customers["columns"]] == ["id", "name", "country"]
+    assert (library_numbers["row_count"], shop_numbers["row_count"]) == (2500, 300)
+    assert "no table or view named 'authors'; the tables are: customers, numbers" in missing
+    assert [(c["table"], c["column"]) for c in shop["columns"]] == [("customers", "name")]
+    assert ("customers", "name") not in [(c["table"], c["column"]) for c in library["columns"]]
+    assert ("authors", "name") in [(c["table"], c["column"]) for c in library["columns"]]
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])  # a statement run again, or a result held open
+async def test_next_page_continues_on_the_database_of_its_cursor(make_several, db_path, scratch, journal):
+    shop = build_shop(scratch / f"shop-{journal}.db", journal)
+    async with Client(make_several({"library": str(db_path), "shop": str(shop)})) as client:
+        page = await call(
+            client, "query_database", query="SELECT n FROM numbers ORDER BY n", max_rows=70, database="shop"
+        )
+        rows = page["rows"]
+        contradicted = await error_of(client, "next_page", cursor=page["next_cursor"], database="library")
+        page = await call(client, "next_page", cursor=page["next_cursor"], database="shop")  # the same: fine
+        rows += page["rows"]
+        while page["truncated"]:
+            page = await call(client, "next_page", cursor=page["next_cursor"])
+            rows += page["rows"]
+    assert [row[0] for row in rows] == list(range(10001, 10301))
+    assert "this cursor continues a result of database 'shop', not 'library'" in contradicted
+
+
+async def test_an_unknown_database_is_refused_with_the_names(make_several):
+    async with Client(make_several()) as client:
+        messages = {
+            tool: await error_of(client, tool, database="nope", **arguments)
+            for tool, arguments in [
+                ("query_database", {"query": "SELECT 1"}),
+                ("list_tables", {}),
+                ("describe_table", {"table": "books"}),
+                ("search_schema", {"pattern": "*"}),
+                ("ask_database", {"question": "how many books?"}),
+            ]
+        }
+    for tool, message in messages.items():
+        assert "no database named 'nope'; the databases are: library, shop" in message, tool
+
+
+async def test_the_one_database_is_named_default(make_server):
+    async with Client(make_server()) as client:
+        named = await call(client, "query_database", query="SELECT count(*) FROM books", database="default")
+        other = await error_of(client, "list_tables", database="shop")
+        tables = await call(client, "list_tables")
+        view = json.loads((await client.read_resource("config://app/settings"))[0].text)
+    assert named["rows"] == [[3]]
+    assert "no database named 'shop'; the databases are: default" in other
+    assert {t["database"] for t in tables["tables"]} == {None}  # one database: the listing is as it was
+    assert [(d["name"], d["engine"], d["default"]) for d in view["databases"]] == [("default", "SQLite", True)]
+
+
+async def test_ask_database_asks_about_the_database_named(make_several):
+    handler, asked = answering("SELECT name FROM customers ORDER BY id")
+    async with Client(make_several(), mode="legacy", sampling_handler=handler) as client:
+        result = await call(client, "ask_database", question="who are the customers?", database="shop")
+    assert result["result"]["rows"] == [["Ada"], ["Kofi"]]
+    messages, _ = asked[0]
+    assert [t["name"] for t in json.loads(messages[0].content.text)["schema"]] == ["customers", "numbers"]
+
+
+async def test_each_database_has_its_schema_resources(make_several):
+    async with Client(make_several()) as client:
+        resources = {str(r.uri) for r in await client.list_resources()}
+        templates = {t.uri_template for t in await client.list_resource_templates()}
+        default = json.loads((await client.read_resource("schema://tables"))[0].text)
+        library = json.loads((await client.read_resource("schema://library/tables"))[0].text)
+        shop = json.loads((await client.read_resource("schema://shop/tables"))[0].text)
+        customers = json.loads((await client.read_resource("schema://shop/tables/customers"))[0].text)
+        books = json.loads((await client.read_resource("schema://tables/books"))[0].text)
+        tool = await call(client, "describe_table", table="customers", database="shop")
+        with pytest.raises(Exception, match="no database named 'nope'; the databases are: library, shop"):
+            await client.read_resource("schema://nope/tables")
+        with pytest.raises(Exception, match="no table or view named 'authors'"):
+            await client.read_resource("schema://shop/tables/authors")
+    assert resources == {"config://app/settings", "schema://tables"}
+    assert templates == {"schema://tables/{table}", "schema://{database}/tables", "schema://{database}/tables/{table}"}
+    assert [t["name"] for t in default["tables"]] == LIBRARY_TABLES and default == library  # the default's alone
+    assert [(t["database"], t["name"]) for t in shop["tables"]] == [("shop", "customers"), ("shop", "numbers")]
+    assert customers == tool and books["row_count"] == 3
+
+
+async def test_database_and_table_names_complete(make_several):
+    listing = {"type": "ref/resource", "uri": "schema://{database}/tables"}
+    table = {"type": "ref/resource", "uri": "schema://{database}/tables/{table}"}
+    default = {"type": "ref/resource", "uri": "schema://tables/{table}"}
+    async with Client(make_several()) as client:
+        s = await client.complete(ref=listing, argument={"name": "database", "value": "s"})
+        every = await client.complete(ref=table, argument={"name": "database", "value": ""})
+        shop = await client.complete(
+            ref=table, argument={"name": "table", "value": "C"}, context_arguments={"database": "shop"}
+        )
+        library = await client.complete(
+            ref=table, argument={"name": "table", "value": "b"}, context_arguments={"database": "library"}
+        )
+        unknown = await client.complete(
+            ref=table, argument={"name": "table", "value": ""}, context_arguments={"database": "nope"}
+        )
+        untyped = await client.complete(ref=table, argument={"name": "table", "value": "c"})
+        default_b = await client.complete(ref=default, argument={"name": "table", "value": "b"})
+        default_c = await client.complete(ref=default, argument={"name": "table", "value": "c"})
+    assert s.values == ["shop"] and every.values == ["library", "shop"]
+    assert shop.values == ["customers"] and library.values == ["book_titles", "books"] and unknown.values == []
+    assert untyped.values == [] and default_c.values == []  # without a database: the default, which has no c...
+    assert default_b.values == ["book_titles", "books"]
+
+
+async def test_the_settings_resource_lists_the_databases(make_several, db_path, shop_path):
+    async with Client(make_several()) as client:
+        view = json.loads((await client.read_resource("config://app/settings"))[0].text)
+    assert view["databases"] == [
+        {"name": "library", "engine": "SQLite", "label": str(db_path), "default": True},
+        {"name": "shop", "engine": "SQLite", "label": str(shop_path), "default": False},
+    ]
+
+
+async def test_only_the_default_databases_worker_starts_with_the_server(make_several):
+    async with Client(make_several()) as client:
+        at_start = len(workers_of(os.getpid(), "database"))
+        await call(client, "list_tables", database="shop")
+        after = len(workers_of(os.getpid(), "database"))
+    assert (at_start, after) == (1, 2)
+
+
+@pytest.fixture
+def broken(scratch: Path, db_path: Path, shop_path: Path) -> dict[str, str]:
+    """Four databases: the library, a file that is not there, a file that is not a database, the shop."""
+    (scratch / "notes.txt").write_text("not a database, only words\n" * 100)
+    return {"library": str(db_path), "gone": str(scratch / "gone.db"), "notes": str(scratch / "notes.txt"),
+            "shop": str(shop_path)}  # fmt: skip
+
+
+async def test_a_bad_database_stops_only_itself(make_several, broken, scratch):
+    async with Client(make_several(broken)) as client:
+        shop = await call(client, "query_database", query="SELECT count(*) FROM customers", database="shop")
+        library = await call(client, "query_database", query="SELECT count(*) FROM books")
+        gone = await error_of(client, "query_database", query="SELECT 1", database="gone")
+        notes = await error_of(client, "describe_table", table="books", database="notes")
+        listed = await call(client, "list_databases")
+        every = await call(client, "list_tables")
+    assert shop["rows"] == [[2]] and library["rows"] == [[3]]
+    assert "database 'gone' is unavailable: its SQLite file does not exist" in gone
+    assert "database 'notes' is unavailable: its file cannot be read as a SQLite database" in notes
+    assert all(str(scratch) not in message for message in (gone, notes))  # no server path reaches the model
+    assert [(d["name"], d["table_count"], d["unavailable"]) for d in listed["databases"]] == [
+        ("library", 5, None),
+        ("gone", None, "its SQLite file does not exist"),
+        ("notes", None, "its file cannot be read as a SQLite database"),
+        ("shop", 2, None),
+    ]
+    assert {t["database"] for t in every["tables"]} == {"library", "shop"} and every["total"] == 7
+    assert sorted(every["unavailable"]) == ["gone", "notes"]
+    assert not (scratch / "gone.db").exists()  # never created
+
+
+async def test_a_bad_default_database_leaves_the_others_serving(make_several, broken):
+    async with Client(make_several({"gone": broken["gone"], "shop": broken["shop"]})) as client:
+        default = await error_of(client, "query_database", query="SELECT 1")
+        shop = await call(client, "query_database", query="SELECT count(*) FROM numbers", database="shop")
+    assert "database 'gone' is unavailable" in default and shop["rows"] == [[300]]
+
+
+def test_a_bad_database_is_one_warning_at_start(broken, files_root):
+    result = started(env={"MCP_DATABASES": json.dumps(broken), "MCP_FILES_ROOT": str(files_root)})
+    warnings = [line for line in result.stderr.splitlines() if "of MCP_DATABASES is unavailable" in line]
+    assert result.returncode == 0, result.stderr
+    assert len(warnings) == 2 and "'gone'" in warnings[0] and "'notes'" in warnings[1]
+    assert f"{broken['gone']} is not an existing file" in warnings[0]
+    assert "serving 4 databases read-only: library: SQLite" in result.stderr
+
+
+async def test_several_databases_over_stdio(db_path, shop_path, files_root):
+    databases = json.dumps({"library": str(db_path), "shop": str(shop_path)})
+    env = {**os.environ, "MCP_DATABASES": databases, "MCP_FILES_ROOT": str(files_root)}
+    transport = StdioTransport(command=PYTHON, args=[str(HERE / "server.py")], env=env, cwd=str(HERE))
+    async with Client(transport) as client:
+        listed = await call(client, "list_databases")
+        shop = await call(client, "query_database", query="SELECT name FROM customers ORDER BY id", database="shop")
+    assert [d["name"] for d in listed["databases"]] == ["library", "shop"] and shop["rows"] == [["Ada"], ["Kofi"]]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"MCP_DATABASES": "{not json"}, "MCP_DATABASES: not valid JSON"),
+        ({"MCP_DATABASES": '["/data/shop.db"]'}, "MCP_DATABASES: give a JSON object"),
+        ({"MCP_DATABASES": "{}"}, "MCP_DATABASES: give a JSON object with at least one database"),
+        ({"MCP_DATABASES": '{"2shop": "/data/shop.db"}'}, "MCP_DATABASES: '2shop' is not a database name"),
+        ({"MCP_DATABASES": '{"my shop": "/data/shop.db"}'}, "MCP_DATABASES: 'my shop' is not a database name"),
+        ({"MCP_DATABASES": '{"tables": "/data/shop.db"}'}, "MCP_DATABASES: 'tables' is not a database name"),
+        ({"MCP_DATABASES": '{"shop": 5}'}, "MCP_DATABASES: database 'shop' needs a SQLite file's path"),
+        ({"MCP_DATABASES": '{"shop": "mysql://u:s3cret@h/shop"}'}, "only SQLite paths and postgresql:// URLs"),
+        ({"MCP_DATABASES": '{"a": "/a.db", "a": "/b.db"}'}, "MCP_DATABASES: duplicate key 'a'"),
+        ({"MCP_DATABASES": '{"crm": "postgresql://u:s3cret@h/crm?nonsense=1"}'},
+         "MCP_DATABASES (database 'crm'): not a valid PostgreSQL URL"),
+        ({"MCP_DATABASES": '{"shop": "@DB@"}', "MCP_DB_PATH": "@DB@"}, "MCP_DATABASES: set MCP_DATABASES or MCP_DB"),
+        ({"MCP_DATABASES": '{"shop": "@DB@"}', "DATABASE_URL": "postgresql://u:s3cret@h/shop"},
+         "MCP_DATABASES: set MCP_DATABASES or MCP_DB_PATH / DATABASE_URL, not both"),
+    ],
+    ids=["not-json", "not-object", "empty", "digit-first", "space", "reserved", "not-string", "mysql", "duplicate",
+         "bad-postgres-url", "with-db-path", "with-database-url"],
+)  # fmt: skip
+def test_a_bad_databases_setting_stops_the_start_with_one_line(db_path, files_root, env, expected):
+    env = {name: value.replace("@DB@", str(db_path)) for name, value in env.items()}
+    result = started(env={**env, "MCP_FILES_ROOT": str(files_root)})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("safe-data: bad setting MCP_DATABASES") and expected in lines[0], lines[0]
+    assert "s3cret" not in result.stderr
+
+
+def test_the_readme_desktop_example_of_several_databases_is_valid(files_root):
+    readme = (HERE / "README.md").read_text()
+    blocks = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, re.DOTALL)]
+    env = next(b["mcpServers"]["safe-data"]["env"] for b in blocks if "MCP_DATABASES" in json.dumps(b))
+    settings = Settings(databases=env["MCP_DATABASES"], files_root=files_root)
+    assert list(settings.databases) == ["shop", "crm"]
+    assert settings.databases["crm"].get_secret_value().startswith("postgresql://")
 
 
 # --- Files: read_json ------------------------------------------------------------------------------
@@ -3419,3 +3749,16 @@ def test_hide_entries_parse():
         (None, ["public", "audit", None]),
         ("crm", ["s", "t", "c"]),
     ]
+
+
+async def test_a_prefix_hides_in_its_own_database_of_several(make_several):
+    # Both databases have a `numbers` table; only the shop's is hidden, and `default` names no database here.
+    async with Client(make_several(hide="shop:numbers, library:authors.born", pool_size=1)) as client:
+        library = await call(client, "query_database", query="SELECT count(*) FROM numbers", database="library")
+        shop = await error_of(client, "query_database", query="SELECT count(*) FROM numbers", database="shop")
+        born = await error_of(client, "query_database", query="SELECT born FROM authors", database="library")
+    assert library["rows"] == [[2500]]
+    assert "the table numbers is hidden" in shop
+    assert "authors.born is hidden" in born
+    with pytest.raises(SystemExit, match="'default' names no configured database"):
+        make_several(hide="default:numbers")
