@@ -1435,3 +1435,17 @@ async def test_a_bad_postgresql_database_stops_only_itself(library, mixed, files
     ]  # fmt: skip
     assert sorted(every["unavailable"]) == ["down", "refused", "root"] and every["total"] == 11
     assert "not-the-password" not in view and urllib.parse.urlsplit(mixed["pg"]).password not in view
+
+
+async def test_a_grant_after_the_start_is_refused_by_the_next_session(hidden_library, files_root):
+    make_readers_blind(hidden_library, files_root)
+    settings = Settings(database_url=hidden_library.reader, files_root=files_root, hide=PG_HIDE, pool_size=1)
+    async with Client(create_server(settings)) as client:
+        held = await call(client, "query_database", query="SELECT id FROM users ORDER BY id", max_rows=1)
+        assert held["next_cursor"]  # that page keeps the worker's session: the next call connects afresh
+        with psycopg.connect(hidden_library.owner, autocommit=True) as conn:
+            conn.execute(
+                f"GRANT SELECT ON secrets TO {psycopg.conninfo.conninfo_to_dict(hidden_library.reader)['user']}"
+            )
+        message = await error_of(client, "query_database", query="SELECT 1")
+    assert 'can read: "public"."secrets"' in message and "REVOKE SELECT ON" in message
