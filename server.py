@@ -3642,6 +3642,14 @@ def database_problem(opening: dict[str, Any], prefix: str = "") -> tuple[str, st
         try:
             with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)) as conn:
                 conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+                if opening["config"].get("hide"):
+                    catalog = {}
+                    for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type IN ('table', 'view')"):
+                        with contextlib.suppress(sqlite3.Error):  # a virtual table whose module is missing
+                            catalog["main", name] = [
+                                c for (c,) in conn.execute("SELECT name FROM pragma_table_xinfo(?)", (name,))
+                            ]
+                    warn_unmatched_hide(opening["config"]["hide"], catalog, prefix)
         except sqlite3.Error as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):  # a writer at work is no fault of the setting
                 return (
@@ -3655,6 +3663,8 @@ def database_problem(opening: dict[str, Any], prefix: str = "") -> tuple[str, st
         with psycopg.connect(opening["config"]["conninfo"], autocommit=True, connect_timeout=3) as conn:
             _refuse_privileged_role(conn)
             if opening["config"].get("hide"):
+                catalog = {(row[1], row[2]): row[6] for row in conn.execute(PG_RELATIONS)}
+                warn_unmatched_hide(opening["config"]["hide"], catalog, prefix)
                 try:
                     _refuse_readable_hidden(conn, opening["config"]["hide"])
                 except QueryRefused as exc:
@@ -3674,6 +3684,21 @@ def database_problem(opening: dict[str, Any], prefix: str = "") -> tuple[str, st
             return f"PostgreSQL refused it: {text}", "PostgreSQL refused the server's login or database name"
         log.warning("%scannot reach PostgreSQL now (%s); each call will try again", prefix, text)
     return None
+
+
+def warn_unmatched_hide(rules: list[list[str | None]], catalog: dict[tuple[str, str], list[str]], prefix: str) -> None:
+    """Warn of an MCP_HIDE entry that matches nothing in a database's catalog ((schema, table) -> columns):
+    a misspelt entry hides nothing. (Only a warning: the table may come later, and a wildcard entry may
+    be meant for another database.)"""
+    for schema, table, column in rules:
+        if not any(
+            hide_matches(schema, s)
+            and hide_matches(table, t)
+            and (column is None or any(hide_matches(column, c) for c in cols))
+            for (s, t), cols in catalog.items()
+        ):
+            entry = ".".join(part for part in (schema, table, column) if part)
+            log.warning("%sthe MCP_HIDE entry %s matches no table or column; check its spelling", prefix, entry)
 
 
 def _warn_security_definers(conn: Any) -> None:

@@ -3762,3 +3762,9 @@ async def test_a_prefix_hides_in_its_own_database_of_several(make_several):
     assert "authors.born is hidden" in born
     with pytest.raises(SystemExit, match="'default' names no configured database"):
         make_several(hide="default:numbers")
+
+
+def test_an_entry_that_matches_nothing_is_warned_of(hidden_db, files_root, caplog):
+    create_server(Settings(db_path=hidden_db, files_root=files_root, hide="users.pasword_hash, secrets, *.EMAIL"))
+    warnings = [r.getMessage() for r in caplog.records if "MCP_HIDE entry" in r.getMessage()]
+    assert warnings == ["the MCP_HIDE entry users.pasword_hash matches no table or column; check its spelling"]
