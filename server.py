@@ -529,7 +529,11 @@ class SQLiteEngine:
         """Refuse a statement whose compiled program reads a hidden column where the authorizer is not asked,
         or reads through an index ordered by one (without ORDER BY its rows would come in that column's
         order). A statement that is itself an EXPLAIN returns its program, not rows: it is not explained again."""
-        if self.hidden is None or not self.hidden.reads or re.match(r"\s*EXPLAIN\b", sql, re.IGNORECASE):
+        if (
+            self.hidden is None
+            or not (self.hidden.reads or self.hidden.closed)
+            or re.match(r"\s*EXPLAIN\b", sql, re.IGNORECASE)
+        ):
             return
         if reason := self.hidden.plan_refusal(conn.execute(f"EXPLAIN {sql}", params).fetchall()):
             raise QueryRefused(reason)
@@ -786,6 +790,7 @@ VALUE_TABLES = (
     "dbstat",
     "sqlite_dbpage",
 )
+SCHEMA_TABLES = ("sqlite_master", "sqlite_schema")
 SCHEMA_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list"}
 # Bytecode that reads a cursor's rows (p1 is the cursor): a statement that runs one of these on an
 # index ordered by a hidden column gets its rows in that column's order.
@@ -821,10 +826,10 @@ class SQLiteHidden:
         self.indexes: set[str] = set()  # the indexes of hidden tables: their pragmas are refused too
         self.roots: dict[int, tuple[str, str]] = {}  # root page -> (what it is, what to do instead)
         self.reads: dict[int, dict[int, tuple[str, str]]] = {}  # root page -> {record position: (table, column)}
+        self.closed: dict[int, str] = {}  # root page of a hidden table or its index -> the message refusing it
         listed = conn.execute("SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'").fetchall()
-        self.schema = {
-            n: (sql or "", root) for n, sql, root in conn.execute("SELECT name, sql, rootpage FROM sqlite_schema")
-        }
+        schema = conn.execute("SELECT name, sql, rootpage, tbl_name FROM sqlite_schema").fetchall()
+        self.schema = {name: (sql or "", root) for name, sql, root, _ in schema}
         own = [row for row in listed if row[1] in ("table", "view", "virtual") and not row[0].startswith("sqlite_")]
         xinfo = "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?)"
         self.xinfo = {}
@@ -868,6 +873,13 @@ class SQLiteHidden:
                 self.indexes |= {i.lower() for (i,) in conn.execute("SELECT name FROM pragma_index_list(?)", (name,))}
             elif kind == "table" and name.lower() in self.columns:
                 self._find_btrees(conn, name, bool(without_rowid))
+        # The b-trees of hidden tables and of their indexes, which the join condition of NATURAL JOIN and
+        # USING reads without asking the authorizer.
+        self.closed = {
+            root: self.tables.get(name.lower()) or self.tables[table.lower()]
+            for name, _, root, table in schema
+            if root and (name.lower() in self.tables or table.lower() in self.tables)
+        }
 
     def _hides(self, table: str, column: str | None) -> bool:
         return any(
@@ -957,6 +969,12 @@ class SQLiteHidden:
 
     def refusal(self, action: int, table: str | None, column: str | None, inner: str | None) -> Concealed | None:
         """Why the authorizer must deny this, or None."""
+        if action == sqlite3.SQLITE_READ and self.rules and column == "rootpage" and table in SCHEMA_TABLES:
+            # dbstat (page sizes, so the lengths of hidden values) finds its b-trees through it.
+            return Concealed(
+                "sqlite_schema.rootpage is hidden while this server hides tables or columns (MCP_HIDE): dbstat"
+                " would read the size of their values through it"
+            )
         if action == sqlite3.SQLITE_READ:
             for name in (table, inner):
                 if name and name.lower() in self.tables:
@@ -973,6 +991,8 @@ class SQLiteHidden:
         SQLite reads without asking the authorizer (the join condition of NATURAL JOIN and USING), or
         rows that would come in a hidden column's order."""
         opened = {p1: p2 for _, opcode, p1, p2, p3, *_ in program if opcode in ("OpenRead", "ReopenIdx") and p3 == 0}
+        if closed := next((self.closed[root] for root in opened.values() if root in self.closed), None):
+            return Concealed(closed)
         for _, opcode, p1, p2, *_ in program:
             if p1 not in opened:
                 continue

@@ -3561,6 +3561,11 @@ HIDDEN_READS = [
     "SELECT name FROM users NATURAL JOIN (SELECT '$2b$kept-ada' AS password_hash)",  # no authorizer call
     "SELECT u.name FROM users AS u JOIN (SELECT 'x' AS password_hash) USING (password_hash)",
     "SELECT a.name FROM users AS a JOIN users AS b USING (email)",
+    "SELECT 1 FROM (SELECT 'stripe' AS key) NATURAL JOIN secrets",  # an oracle on a hidden table's values
+    "SELECT 1 FROM (SELECT 'stripe' AS key) AS x JOIN secrets USING (key)",
+    "SELECT 1 FROM (SELECT 'live' AS value) NATURAL JOIN secret_search",
+    "SELECT 1 FROM (SELECT 'users' AS name, 2 AS ncell) NATURAL JOIN dbstat",
+    "SELECT rootpage FROM sqlite_schema",
     "SELECT name FROM users WHERE id IN (SELECT id FROM users WHERE password_hash > 'm')",
     "SELECT name FROM users AS u WHERE EXISTS (SELECT 1 FROM users AS v WHERE v.id = u.id AND v.password_hash > 'm')",
     "SELECT (SELECT substr(v.password_hash, 1, 1) FROM users AS v WHERE v.id = u.id) FROM users AS u",
