@@ -1124,6 +1124,7 @@ class PostgresHidden:
     def __init__(self, conn: Any, rules: list[list[str | None]]):
         relations = {row[0]: row for row in conn.execute(PG_RELATIONS)}
         self.names = {oid: f"{quote_identifier(row[1])}.{quote_identifier(row[2])}" for oid, row in relations.items()}
+        self.relnames = {oid: row[2] for oid, row in relations.items()}
         self.columns = {oid: row[6] for oid, row in relations.items()}
         self.tables: dict[int, str] = {}  # oid -> why it is hidden
         self.hidden_columns: dict[int, set[str]] = {}
@@ -1171,6 +1172,24 @@ class PostgresHidden:
             oid: cols for oid, cols in self.hidden_columns.items() if cols and oid not in self.tables
         }
         self.owned = {oid for oid, row in relations.items() if row[5]}
+
+    def explain_denial(self, message: str) -> str:
+        """PostgreSQL's "permission denied for table t", saying what MCP_HIDE hides of t and what remains."""
+        found = re.search(r"permission denied for (?:table|view|materialized view|relation) (.+?)(?:;|$)", message)
+        name = found.group(1).strip().strip('"') if found else None
+        for oid, relname in self.relnames.items():
+            if relname != name:
+                continue
+            if oid in self.tables:
+                return f"the table {self.names[oid]} is hidden on this server (MCP_HIDE): no statement may read it"
+            if hidden := self.hidden_columns.get(oid):
+                shown = ", ".join(c for c in self.columns[oid] if c not in hidden) or "none"
+                return (
+                    f"the columns {', '.join(sorted(hidden))} of {self.names[oid]} are hidden on this server"
+                    " (MCP_HIDE): no statement may use their values, whether selected, in WHERE, ORDER BY or a"
+                    f" join, through a view or *; the visible columns of {self.names[oid]} are: {shown}"
+                )
+        return message
 
     @staticmethod
     def _descendants(oid: int, children: dict[int, list[int]]) -> list[int]:
@@ -1409,7 +1428,7 @@ class PostgresEngine:
         params = request.get("params")
         if isinstance(params, dict):
             raise QueryRefused("PostgreSQL placeholders are $1, $2, ...: pass params as a list, not an object")
-        with self._transaction(deadline) as conn:
+        with self._hidden_explained(), self._transaction(deadline) as conn:
             try:
                 columns, rows = self._declare(conn, request["sql"], params, deadline)
                 holds = True
@@ -1427,6 +1446,16 @@ class PostgresEngine:
                 result = self.results.add(HeldResult(conn, rows, columns, release=partial(self._release, conn)))
                 self.conn = None  # that session is the result's now
         return {"columns": columns, "row_count": count, "more": more, "result": result}, body
+
+    @contextlib.contextmanager
+    def _hidden_explained(self) -> Iterator[None]:
+        """A refusal for lack of privilege says what MCP_HIDE hides, when that is why."""
+        try:
+            yield
+        except QueryRefused as exc:
+            if self.hidden is None or "permission denied for" not in str(exc):
+                raise
+            raise QueryRefused(self.hidden.explain_denial(str(exc))) from None
 
     def next_page(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
         """The next page of an open result, from the snapshot its first page came from."""

@@ -1280,12 +1280,21 @@ async def test_the_printed_statements_make_the_start_succeed(hidden_library, fil
                 "SELECT password_hash FROM users", "SELECT * FROM users", "SELECT count(*) FROM secrets",
                 "SELECT * FROM user_logins", "SELECT email FROM notes_one", "SELECT phone FROM crm.contacts",
                 "SELECT name FROM users WHERE email LIKE 'a%'",
+                "SELECT 1 FROM (SELECT '$2b$kept-ann' AS password_hash) AS s NATURAL JOIN users",
             )
         ]  # fmt: skip
+        column = await error_of(client, "query_database", query="SELECT name, password_hash FROM users")
+        table = await error_of(client, "query_database", query="SELECT * FROM secrets")
     assert visible["rows"] == [[1, "ann"], [2, "bob"]] and through_view["rows"] == [["ann"], ["bob"]]
     assert {name for (name,) in stats["rows"]} <= {"id", "name"}  # pg_stats shows only readable columns
+    assert column.endswith(
+        'the columns email, password_hash of "public"."users" are hidden on this server (MCP_HIDE): no statement'
+        " may use their values, whether selected, in WHERE, ORDER BY or a join, through a view or *; the visible"
+        ' columns of "public"."users" are: id, name'
+    )
+    assert table == 'the table "public"."secrets" is hidden on this server (MCP_HIDE): no statement may read it'
     for message in refused:
-        assert "permission denied" in message, message
+        assert "hidden on this server (MCP_HIDE)" in message, message
         assert "$2b$" not in message and "example.org" not in message and "4242" not in message
 
 
