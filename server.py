@@ -708,6 +708,10 @@ def _cost(columns: list[str]) -> int:
 
 def _authorize(refusals: list[str], action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
     """Allow reading and nothing else; note what was refused so the error can name it."""
+    if action == sqlite3.SQLITE_READ and (arg1 or "").lower() == "sqlite_stmt":
+        # The connection's prepared statements: other callers' SQL, literals included, on a shared server.
+        refusals.append(Concealed("sqlite_stmt is not available: it shows the statements other callers ran"))
+        return sqlite3.SQLITE_DENY
     if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE):
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_FUNCTION and arg2 not in REFUSED_FUNCTIONS:
@@ -2057,8 +2061,10 @@ if __name__ == "__main__" and sys.argv[1:2] == [WORKER_FLAG]:  # a worker needs 
 import argparse
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import difflib
+import errno
 import gc
 import hmac
 import ipaddress
@@ -2078,9 +2084,12 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from dotenv import dotenv_values
 from fastmcp import Context, FastMCP
-from fastmcp.exceptions import ResourceError, ToolError
+from fastmcp.exceptions import NotFoundError, ResourceError, ToolError
+from fastmcp.exceptions import ValidationError as ArgumentsInvalid
 from fastmcp.server.auth.providers.debug import DebugTokenVerifier
 from fastmcp.server.http import StreamableHTTPASGIApp
+from fastmcp.server.middleware import CallNext, MiddlewareContext
+from fastmcp.server.middleware import Middleware as FastMCPMiddleware
 from fastmcp.server.middleware.rate_limiting import RateLimitingMiddleware
 from fastmcp.tools import ToolResult
 from fastmcp.utilities.json_schema import compress_schema
@@ -2162,6 +2171,7 @@ class Settings(BaseSettings):
         description="Tables and columns no statement may read: table, table.column (schema.table.column on"
         " PostgreSQL), each maybe database:-prefixed, * a wildcard; comma-separated",
     )
+    audit_log: Path | None = Field(None, description="File every tool call appends one JSON line to (unset: none)")
 
     @field_validator("db_path")
     @classmethod
@@ -2182,6 +2192,12 @@ class Settings(BaseSettings):
         if not path.is_dir():
             raise ValueError(f"{path} is not an existing folder")
         return path
+
+    @field_validator("audit_log")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        # abspath, not resolve: /dev/stderr must stay itself, not become the pipe it points to now
+        return Path(os.path.abspath(path.expanduser())) if path else None
 
     @field_validator("database_url")
     @classmethod
@@ -3049,6 +3065,200 @@ def _write_demo_database(path: Path) -> None:
         conn.close()
 
 
+# --- The audit trail ---------------------------------------------------------------------------
+
+AUDIT_LINE_BYTES = 4096  # PIPE_BUF: one write(2) this long is atomic even on a pipe; longer texts are cut
+DATABASE_TOOLS = {
+    *("query_database", "next_page", "ask_database", "list_tables", "search_schema", "describe_table"),
+    "list_databases",
+}
+PATH_ARGUMENTS = {"read_json": "filepath", "list_files": "directory"}
+LISTED = {"list_tables": ("tables",), "search_schema": ("tables", "columns"), "list_files": ("entries",)}
+AUDIT_FAILED = (
+    "this server records every call in its audit log (MCP_AUDIT_LOG), which cannot be written now, so it"
+    " answers nothing; tell the server's operator"
+)
+# What a tool learns that its arguments do not say (the SQL ask_database's model wrote, what a cursor
+# continues): the audit trail gives each call a fresh dict, which the tool fills in.
+AUDIT_NOTES: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("audit_notes")
+
+
+class AuditTrail(FastMCPMiddleware):
+    """One JSON line per tool call in MCP_AUDIT_LOG: when, who, what it read, how much, how it ended.
+
+    Each line is one os.write to the file opened with O_APPEND, so lines of concurrent calls, and of
+    several server processes sharing the file, never interleave; the file is opened anew for each line,
+    so a rotated log is followed at once. A line that cannot be written (a full disk, a removed
+    folder) fails its call: an operator who relies on the trail gets no answer it does not record.
+    """
+
+    def __init__(self, path: Path, default_database: str = DEFAULT_DATABASE):
+        self.path, self.default_database = path, default_database
+        try:
+            os.close(self._open())
+        except OSError as exc:
+            raise SystemExit(
+                f"{SERVER_NAME}: bad setting MCP_AUDIT_LOG: cannot append to {path} ({exc.strerror});"
+                " name a file in an existing, writable folder"
+            ) from None
+
+    def _open(self) -> int:
+        # O_NONBLOCK: a FIFO nobody reads fails at once instead of hanging the call
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0)
+        return os.open(self.path, flags, 0o600)  # the SQL read is nobody else's business
+
+    async def on_request(self, context: MiddlewareContext, call_next: CallNext) -> Any:
+        # on_request, not on_call_tool: it also sees the calls refused before the tool's own hook runs
+        # (malformed requests; the rate limit, whose middleware comes after this one)
+        if context.method != "tools/call":
+            return await call_next(context)
+        at, started, notes = datetime.now(UTC), time.perf_counter(), {}
+        token = AUDIT_NOTES.set(notes)
+        try:
+            result = await call_next(context)
+        except BaseException as exc:
+            self.record(context, at, started, notes, None, exc)
+            raise
+        finally:
+            AUDIT_NOTES.reset(token)
+        self.record(context, at, started, notes, result, None)
+        return result
+
+    def record(
+        self,
+        context: MiddlewareContext,
+        at: datetime,
+        started: float,
+        notes: dict[str, Any],
+        result: ToolResult | None,
+        error: BaseException | None,
+    ) -> None:
+        message = context.message  # CallToolRequestParams, or a malformed request's raw params
+        name, arguments = (
+            (message.get("name"), message.get("arguments"))
+            if isinstance(message, dict)
+            else (getattr(message, "name", None), getattr(message, "arguments", None))
+        )
+        arguments = arguments if isinstance(arguments, dict) else {}
+        entry: dict[str, Any] = {
+            "time": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            **caller_of(context.fastmcp_context),
+            "tool": name if isinstance(name, str) else None,
+        }
+        if name in DATABASE_TOOLS:
+            database = arguments.get("database")
+            entry["database"] = database if isinstance(database, str) else self.default_database
+        if name == "query_database":
+            entry["sql"], params = arguments.get("query"), arguments.get("params")
+            entry["params"] = len(params) if isinstance(params, list | dict) else 0
+        elif name == "next_page" and isinstance(arguments.get("cursor"), str):
+            entry["cursor"] = fingerprint(arguments["cursor"])
+        elif name == "describe_table":
+            entry["table"] = arguments.get("table")
+        elif name in PATH_ARGUMENTS:
+            entry["path"] = arguments.get(PATH_ARGUMENTS[name], ".")
+        entry.update(notes)
+        if result is not None:
+            structure = result.structured_content or {}
+            page = structure.get("result", structure) if name == "ask_database" else structure
+            if "row_count" in page:
+                entry["rows"] = page["row_count"]
+            elif name in LISTED:
+                entry["rows"] = sum(len(structure.get(key) or ()) for key in LISTED[name])
+            texts = [c.text for c in result.content if isinstance(c, TextContent)]
+            entry["bytes"] = sum(len(t) if t.isascii() else len(t.encode("utf-8", "replace")) for t in texts)
+            if page.get("next_cursor"):
+                entry["next_cursor"] = fingerprint(page["next_cursor"])
+        entry["ms"] = round((time.perf_counter() - started) * 1000, 1)
+        entry["outcome"], reason = outcome_of(error)
+        if reason:
+            entry["reason"] = scrubbed(reason, arguments.get("params") if name == "query_database" else None)
+        try:
+            self.write(audit_line({key: value for key, value in entry.items() if value is not None}))
+        except OSError as exc:
+            log.error("cannot write the audit log %s (%s): the call gets an error", self.path, exc.strerror or exc)
+            if not isinstance(error, anyio.get_cancelled_exc_class()):  # a cancellation must go on
+                raise ToolError(AUDIT_FAILED) from None
+
+    def write(self, line: bytes) -> None:
+        fd = self._open()
+        try:
+            written = os.write(fd, line)
+        finally:
+            os.close(fd)
+        if written != len(line):  # a full disk took part of it: the only way a line is left unfinished
+            raise OSError(errno.ENOSPC, "the line was cut short")
+
+
+def caller_of(ctx: Context | None) -> dict[str, Any]:
+    """The HTTP session and the client's own name and version (from its initialize), where known."""
+    found: dict[str, Any] = {}
+    with contextlib.suppress(RuntimeError, AttributeError):
+        # The id streamable HTTP negotiated (FastMCP's own session_id reads it there too): not the
+        # request's header, which a client speaking the sessionless protocol could make up.
+        found["session"] = ctx.session._connection.session_id  # type: ignore[union-attr]
+    request = getattr(getattr(ctx, "request_context", None), "request", None)
+    if not found.get("session") and request is not None and ctx.transport == "sse":  # type: ignore[union-attr]
+        found["session"] = request.query_params.get("session_id")  # SSE refuses a request naming no live session
+    with contextlib.suppress(RuntimeError, AttributeError):
+        info = ctx.session.client_params.client_info  # type: ignore[union-attr]
+        found["client"] = f"{info.name}/{info.version}"
+    return found
+
+
+def fingerprint(cursor: str) -> str:
+    """A short digest of a page cursor: links a next_page line to the answer whose cursor it continues,
+    without the cursor itself (which carries the statement's parameters)."""
+    return hashlib.sha256(cursor.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def outcome_of(error: BaseException | None) -> tuple[str, str | None]:
+    """answered; refused, with the reason the caller was given; failed (an internal error); cancelled."""
+    if error is None:
+        return "answered", None
+    if isinstance(error, anyio.get_cancelled_exc_class()):
+        return "cancelled", None
+    if isinstance(error, ArgumentsInvalid | ValidationError):  # its text would quote the values given
+        cause = error.__cause__ if isinstance(error.__cause__, ValidationError) else error
+        if isinstance(cause, ValidationError):
+            problems = [f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in cause.errors()]
+            return "refused", "invalid arguments: " + "; ".join(problems)
+        return "refused", "invalid arguments"
+    if isinstance(error, ToolError) and error.__cause__ is None:  # the server's own refusals have no cause
+        return "refused", str(error)
+    if isinstance(error, NotFoundError):
+        return "refused", str(error)
+    if isinstance(error, MCPError):  # the rate limit, a malformed request: only the first line quotes nothing
+        return "refused", error.error.message.splitlines()[0] if error.error.message else "refused"
+    cause = error.__cause__ if isinstance(error, ToolError) and error.__cause__ else error
+    return "failed", f"{type(cause).__name__} (its traceback is in the server's log)"
+
+
+def scrubbed(reason: str, params: Any) -> str:
+    """A refusal without the statement's parameter values, which database errors can quote (PostgreSQL:
+    invalid input syntax for type integer: "...")."""
+    values = params.values() if isinstance(params, dict) else params if isinstance(params, list) else ()
+    for value in values:
+        for text in {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False), str(value)}:
+            if len(text) >= 3 and not isinstance(value, bool):  # shorter ones would mangle the message
+                reason = reason.replace(text, "<parameter>")
+    return reason
+
+
+def audit_line(entry: dict[str, Any]) -> bytes:
+    """One JSON line of at most AUDIT_LINE_BYTES: the longest texts are cut, each cut one marked with its
+    full length (`sql_chars`, `path_chars`, ...)."""
+    while True:
+        text = json.dumps(entry, ensure_ascii=False, separators=(",", ":"), default=str)
+        line = (text + "\n").encode("utf-8", "backslashreplace")  # a lone surrogate stays a JSON escape
+        texts = [k for k, v in entry.items() if isinstance(v, str) and v and k not in ("time", "outcome")]
+        if len(line) <= AUDIT_LINE_BYTES or not texts:
+            return line
+        longest = max(texts, key=lambda k: len(entry[k]))
+        entry.setdefault(f"{longest}_chars", len(entry[longest]))
+        entry[longest] = entry[longest][: len(entry[longest]) // 2]
+
+
 # --- The server --------------------------------------------------------------------------------
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
@@ -3402,6 +3612,8 @@ class DataService:
         """One request to a database's worker (the default's when none is given) within the deadline,
         reporting progress while it runs."""
         database = database or self.default
+        notes = AUDIT_NOTES.get({})  # the database the call read; "*" when it read several
+        notes["database"] = database.name if notes.get("database") in (None, database.name) else "*"
         if database.unavailable:
             raise ToolError(
                 f"database {database.name!r} is unavailable: {database.unavailable}; the server's log says more,"
@@ -3439,6 +3651,10 @@ class DataService:
             )
         chosen = self.database_named(made_on)
         rows = max_rows or state["n"]
+        notes = AUDIT_NOTES.get({})  # what the cursor continues, for the audit trail
+        notes["offset"] = state["o"]
+        if "q" in state:
+            notes["sql"], notes["params"] = state["q"], len(state["p"] or ())
         if "r" in state:  # a result one of this process's workers holds open
             if state["i"] != self.instance:
                 raise ToolError(OTHER_PROCESS)
@@ -3522,6 +3738,7 @@ class DataService:
         sql = extract_sql(getattr(sampled.content, "text", "") or "")
         if not sql:
             raise ToolError("the client's model gave no SQL for that question; rephrase it")
+        AUDIT_NOTES.get({})["sql"] = sql
         await ctx.info(f"ask_database runs: {sql}")
         request = {"op": "query", "sql": sql, "params": None, "max_rows": self.settings.max_rows}
         page_text, page = await self.page(ctx, request, reserve=8 * len(question), database=chosen)
@@ -3777,7 +3994,10 @@ def create_server(settings: Settings) -> FastMCP:
     service = DataService(settings)
     check_databases(settings, service)
 
-    middleware = []
+    # The audit trail first: it records the calls the rate limit refuses too.
+    middleware: list[FastMCPMiddleware] = []
+    if settings.audit_log:
+        middleware.append(AuditTrail(settings.audit_log, service.default.name))
     if settings.rate_limit:
         count, period = parse_rate_limit(settings.rate_limit)
         middleware.append(RateLimitingMiddleware(max_requests_per_second=count / period, burst_capacity=count))
@@ -3997,6 +4217,8 @@ def create_server(settings: Settings) -> FastMCP:
             return [n for n in names if n.lower().startswith(typed) or n.lower().rpartition(".")[2].startswith(typed)]
         return []
 
+    if settings.audit_log:
+        log.info("recording every tool call in the audit log %s", settings.audit_log)
     if service.several:
         log.info(
             "serving %d databases read-only: %s; and JSON files under %s%s",

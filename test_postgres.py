@@ -485,6 +485,17 @@ async def test_settings_resource_shows_the_url_only_as_set(make_server, library)
     assert password not in text
 
 
+async def test_the_audit_log_holds_neither_a_value_postgresql_quotes_nor_the_url(make_server, library, tmp_path):
+    log, value = tmp_path / "audit.jsonl", "Zq9-not-a-number"
+    async with Client(make_server(audit_log=log)) as client:
+        message = await error_of(client, "query_database", query="SELECT $1::int", params=[value])
+    assert value in message  # PostgreSQL quotes the value it could not read
+    (line,) = [json.loads(text) for text in log.read_text().splitlines()]
+    assert line["outcome"] == "refused" and "invalid input syntax" in line["reason"] and line["params"] == 1
+    text = log.read_text()
+    assert value not in text and urllib.parse.urlsplit(library.owner).password not in text and "postgresql:" not in text
+
+
 async def test_ask_database_tells_the_model_it_is_postgresql(make_server):
     handler, asked = answering("SELECT name FROM authors ORDER BY born")
     async with Client(make_server(), mode="legacy", sampling_handler=handler) as client:
