@@ -8,11 +8,12 @@ One FastMCP server exposes:
 
 The database engine itself enforces read-only (SQLite: a `mode=ro` connection, `PRAGMA query_only`
 and an authorizer that allows nothing but reading; PostgreSQL: one statement per call in a READ ONLY
-transaction that is always rolled back); every file path is confined to the files root. Every bound
-holds without the statement's cooperation: statements, introspection and JSON parsing run in worker
-processes with a memory ceiling, which are killed and replaced when they outlive their deadline, and
-every answer is measured in the bytes of JSON it will send. With nothing configured it serves a small
-built-in demo.
+transaction that is always rolled back); every file path is confined to the files root. Tables and
+columns named in MCP_HIDE are kept from every statement the same way (SQLite: the authorizer;
+PostgreSQL: the role's privileges, checked at start). Every bound holds without the statement's
+cooperation: statements, introspection and JSON parsing run in worker processes with a memory
+ceiling, which are killed and replaced when they outlive their deadline, and every answer is
+measured in the bytes of JSON it will send. With nothing configured it serves a small built-in demo.
 
 The file reads in two halves. The first needs only the standard library: the engines, the cell
 encoder and the loop of a worker process (`python server.py --worker`), which stops reading this
@@ -367,8 +368,13 @@ class SQLiteEngine:
         open_results: int = 4,
         result_idle_s: float = 120,
         exact_count_bytes: int = EXACT_COUNT_BYTES,
+        hide: list[list[str | None]] | None = None,
     ):
         self.path, self.heap_limit, self.exact_count_bytes = path, heap_limit, exact_count_bytes
+        self.rules = hide or []  # MCP_HIDE's rules for this database (see SQLiteHidden)
+        self.hidden: SQLiteHidden | None = None  # the rules expanded against the catalog, when there are any
+        self.hidden_of: tuple | None = None  # the file and schema version they were expanded for
+        self.trusted = False  # while the engine's own introspection runs: it leaves hidden things out itself
         self.conn: sqlite3.Connection | None = None
         self.identity: tuple[int, int] | None = None
         self.refusals: list[str] = []  # what the authorizer denied during the current call
@@ -402,12 +408,19 @@ class SQLiteEngine:
                 (sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_PARAMS),
             ):
                 conn.setlimit(limit, value)
-            conn.set_authorizer(lambda *args: _authorize(self.refusals, *args))
+            conn.set_authorizer(self._authorize)
             conn.set_progress_handler(lambda: self.deadline.passed(), 1000)
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _authorize(self, action: int, arg1: str | None, arg2: str | None, _db: str | None, inner: str | None) -> int:
+        reason = None if self.hidden is None or self.trusted else self.hidden.refusal(action, arg1, arg2, inner)
+        if reason:
+            self.refusals.append(reason)
+            return sqlite3.SQLITE_DENY
+        return _authorize(self.refusals, action, arg1, arg2)
 
     def _forget_connection(self) -> None:
         if self.conn is not None:
@@ -419,10 +432,11 @@ class SQLiteEngine:
         self._forget_connection()
 
     @contextlib.contextmanager
-    def _call(self, deadline: Deadline) -> Iterator[tuple[sqlite3.Connection, bytes]]:
+    def _call(self, deadline: Deadline, trusted: bool = True) -> Iterator[tuple[sqlite3.Connection, bytes]]:
         """The connection for one call, with the first 100 bytes of the file (its header); driver errors
-        (a locked, corrupt or unreadable file, a refused statement, the deadline) become QueryRefused."""
-        self.deadline, self.refusals = deadline, []
+        (a locked, corrupt or unreadable file, a refused statement, the deadline) become QueryRefused.
+        Only the engine's own introspection is `trusted`: it reads past MCP_HIDE and leaves out what is hidden."""
+        self.deadline, self.refusals, self.trusted = deadline, [], True
         try:
             info = os.stat(self.path)
             with open(self.path, "rb") as file:
@@ -434,20 +448,29 @@ class SQLiteEngine:
             if self.conn is None or self.identity != (info.st_dev, info.st_ino):
                 self._forget_connection()
                 self.conn, self.identity = self._open(), (info.st_dev, info.st_ino)
+            if self.rules:  # expanded again whenever the schema changed (another process's ALTER, CREATE INDEX)
+                version = (self.identity, self.conn.execute("PRAGMA schema_version").fetchone()[0])
+                if version != self.hidden_of:
+                    self.hidden, self.hidden_of = SQLiteHidden(self.conn, self.rules), version
+                    self._hide_view_columns(self.conn)
+            self.trusted = trusted
             yield self.conn, header
         except (sqlite3.Error, MemoryError) as exc:
             raise _explain(exc, self.refusals, deadline) from None
+        finally:
+            self.trusted = False
 
     def query(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
         """One read-only statement: a page of its rows (after `skip`, when a page is run again), and
         either the open result that later pages come from or the version that they must find."""
-        with self._call(deadline) as (conn, header):
+        with self._call(deadline, trusted=False) as (conn, header):
             wal = header[18:19] == b"\x02"  # the header's write version: 2 means WAL
             # The change counter (bytes 24-27), which every write in rollback-journal mode moves.
             version = None if wal else f"{self.identity[1] if self.identity else 0}:{header[24:28].hex()}"
             if request.get("version") is not None and request["version"] != version:
                 raise QueryRefused(CHANGED)
             try:
+                self._refuse_hidden_reads(conn, request["sql"], request.get("params") or ())
                 cursor = conn.execute(request["sql"], request.get("params") or ())
             except (OverflowError, UnicodeEncodeError, ValueError) as exc:  # values Python cannot bind
                 raise _explain(exc, self.refusals, deadline) from None
@@ -482,13 +505,53 @@ class SQLiteEngine:
             self.results.release(result_id)
         return {"columns": held.columns, "row_count": count, "more": more, "result": result_id if more else None}, body
 
+    def _hide_view_columns(self, conn: sqlite3.Connection) -> None:
+        """A view's column is hidden when the authorizer refuses reading it alone (it is computed from a
+        hidden column or table); a view whose every column is, is hidden whole. Only compiled, never run."""
+        assert self.hidden is not None
+        self.trusted = False
+        try:
+            for view in self.hidden.views:
+                if view.lower() in self.hidden.tables:
+                    continue
+                for column in list(self.hidden.visible[view.lower()]):
+                    self.refusals = []
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute(f"EXPLAIN SELECT {quote_identifier(column)} FROM {quote_identifier(view)}")
+                    if self.refusals and isinstance(self.refusals[0], Concealed):
+                        self.hidden.hide_column(view, column)
+                if not self.hidden.visible[view.lower()]:
+                    self.hidden.tables[view.lower()] = f"the view {view} shows only hidden data (MCP_HIDE)"
+        finally:
+            self.trusted, self.refusals = True, []
+
+    def _refuse_hidden_reads(self, conn: sqlite3.Connection, sql: str, params: Any) -> None:
+        """Refuse a statement whose compiled program reads a hidden column where the authorizer is not asked,
+        or reads through an index ordered by one (without ORDER BY its rows would come in that column's
+        order). A statement that is itself an EXPLAIN returns its program, not rows: it is not explained again."""
+        if (
+            self.hidden is None
+            or not (self.hidden.reads or self.hidden.closed)
+            or re.match(r"\s*EXPLAIN\b", sql, re.IGNORECASE)
+        ):
+            return
+        if reason := self.hidden.plan_refusal(conn.execute(f"EXPLAIN {sql}", params).fetchall()):
+            raise QueryRefused(reason)
+
     # Introspection runs through the same guarded connection, with parameters, never pasted names.
 
     def _objects(self, conn: sqlite3.Connection) -> list[tuple[str, str, str | None]]:
-        return conn.execute(
+        objects = conn.execute(
             "SELECT name, type, sql FROM sqlite_schema WHERE type IN ('table', 'view')"
             " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
         ).fetchall()
+        return [o for o in objects if not self._hidden_table(o[0])]
+
+    def _hidden_table(self, name: str) -> bool:
+        return self.hidden is not None and name.lower() in self.hidden.tables
+
+    def _hidden_column(self, table: str, column: str) -> bool:
+        return self.hidden is not None and column.lower() in self.hidden.columns.get(table.lower(), ())
 
     def _counts(self, conn: sqlite3.Connection, objects: list[tuple], deadline: Deadline) -> list[dict[str, Any]]:
         """Each object's row count, saying whether it is exact or estimated, or why there is none."""
@@ -561,6 +624,8 @@ class SQLiteEngine:
                     " ORDER BY m.name, p.cid"
                 )
                 if name_matches(column, pattern)
+                and not self._hidden_table(table)
+                and not self._hidden_column(table, column)
             ]
         return {
             "tables": tables[:limit],
@@ -576,7 +641,8 @@ class SQLiteEngine:
                 if deadline.passed() or len(tables) >= MAX_LIST_ENTRIES:
                     break
                 columns = conn.execute("SELECT name, type FROM pragma_table_info(?)", (name,)).fetchall()
-                tables.append({"name": name, "type": kind, "columns": [f"{c} {t}".strip() for c, t in columns]})
+                shown = [f"{c} {t}".strip() for c, t in columns if not self._hidden_column(name, c)]
+                tables.append({"name": name, "type": kind, "columns": shown})
             return {"tables": tables}, b""
 
     def describe_table(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
@@ -584,6 +650,7 @@ class SQLiteEngine:
             name, kind, create_sql = found = self._find(conn, request["name"])
             columns = [
                 {"name": c, "type": t, "nullable": not nn, "default": d, "primary_key": pk}
+                | ({"hidden": True} if self._hidden_column(name, c) else {})
                 for _, c, t, nn, d, pk in conn.execute(
                     'SELECT cid, name, type, "notnull", dflt_value, pk FROM pragma_table_info(?)', (name,)
                 )
@@ -641,6 +708,10 @@ def _cost(columns: list[str]) -> int:
 
 def _authorize(refusals: list[str], action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
     """Allow reading and nothing else; note what was refused so the error can name it."""
+    if action == sqlite3.SQLITE_READ and (arg1 or "").lower() == "sqlite_stmt":
+        # The connection's prepared statements: other callers' SQL, literals included, on a shared server.
+        refusals.append(Concealed("sqlite_stmt is not available: it shows the statements other callers ran"))
+        return sqlite3.SQLITE_DENY
     if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE):
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_FUNCTION and arg2 not in REFUSED_FUNCTIONS:
@@ -675,6 +746,8 @@ def _refusal_reason(action: int, arg1: str | None, arg2: str | None) -> str:
 def _explain(exc: Exception, refusals: list[str], deadline: Deadline) -> QueryRefused:
     """Turn a driver error into a message that says what was wrong and what to do instead."""
     text = str(exc)
+    if refusals and isinstance(refusals[0], Concealed):
+        return QueryRefused(refusals[0])
     if refusals:
         return QueryRefused(f"only read-only statements are allowed: {refusals[0]}; this server can only read")
     if "interrupted" in text:
@@ -699,6 +772,243 @@ def _explain(exc: Exception, refusals: list[str], deadline: Deadline) -> QueryRe
     if isinstance(exc, sqlite3.ProgrammingError) and "binding" in text.lower():
         return QueryRefused(f"parameters do not match the query: {text}")
     return QueryRefused(f"SQLite said: {text}")
+
+
+# --- Hidden tables and columns (MCP_HIDE) ------------------------------------------------------
+#
+# A rule is [schema, table, column] as globs where only `*` is special, matched without regard to
+# case; a schema of None matches any, a column of None hides the whole table. On SQLite the
+# authorizer denies every read of what is hidden while a statement is prepared, so no value of it
+# is ever computed: not through a view, a subquery, a function or `*`, and no error can quote one.
+# What the authorizer cannot see is derived here from the catalog: generated columns, the shadow
+# tables and external content of full-text and R-tree tables, the statistics tables, and indexes
+# whose order is the order of a hidden column.
+
+# Tables that hold samples, counts or raw pages of other tables' values: unreadable while anything is hidden.
+VALUE_TABLES = (
+    "sqlite_stat1",
+    "sqlite_stat2",
+    "sqlite_stat3",
+    "sqlite_stat4",
+    "sqlite_sequence",
+    "dbstat",
+    "sqlite_dbpage",
+)
+SCHEMA_TABLES = ("sqlite_master", "sqlite_schema")
+SCHEMA_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list"}
+# Bytecode that reads a cursor's rows (p1 is the cursor): a statement that runs one of these on an
+# index ordered by a hidden column gets its rows in that column's order.
+CURSOR_READS = set(
+    "Column Rowid IdxRowid RowData DeferredSeek Rewind Last Next Prev SeekGE SeekGT SeekLE SeekLT SeekScan"
+    " SeekRowid NotExists Found NotFound NoConflict IfNoHope IdxGE IdxGT IdxLE IdxLT IfSmaller Offset".split()
+)
+
+
+def hide_matches(pattern: str | None, name: str) -> bool:
+    """A name matched by a glob of MCP_HIDE's, where only `*` is special, without regard to case."""
+    if pattern is None:
+        return True
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.fullmatch(regex, name, re.IGNORECASE | re.DOTALL) is not None
+
+
+class Concealed(str):
+    """The reason the authorizer refused a read of something hidden: the whole message of the error."""
+
+
+class SQLiteHidden:
+    """What MCP_HIDE hides in one SQLite database, expanded against its catalog: hidden tables (with the
+    message that refuses each), hidden columns per table, the visible ones (for messages), and the
+    b-trees whose row order is a hidden column's, by root page."""
+
+    def __init__(self, conn: sqlite3.Connection, rules: list[list[str | None]]):
+        self.rules = [rule for rule in rules if rule[0] is None or hide_matches(rule[0], "main")]
+        self.tables: dict[str, str] = {}  # lower name -> the message that refuses it
+        self.columns: dict[str, set[str]] = {}  # lower table name -> its hidden columns, lower
+        self.visible: dict[str, list[str]] = {}  # lower table name -> its visible columns
+        self.names: dict[str, str] = {}  # lower name -> the catalog's spelling
+        self.indexes: set[str] = set()  # the indexes of hidden tables: their pragmas are refused too
+        self.roots: dict[int, tuple[str, str]] = {}  # root page -> (what it is, what to do instead)
+        self.reads: dict[int, dict[int, tuple[str, str]]] = {}  # root page -> {record position: (table, column)}
+        self.closed: dict[int, str] = {}  # root page of a hidden table or its index -> the message refusing it
+        listed = conn.execute("SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'").fetchall()
+        schema = conn.execute("SELECT name, sql, rootpage, tbl_name FROM sqlite_schema").fetchall()
+        self.schema = {name: (sql or "", root) for name, sql, root, _ in schema}
+        own = [row for row in listed if row[1] in ("table", "view", "virtual") and not row[0].startswith("sqlite_")]
+        xinfo = "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?)"
+        self.xinfo = {}
+        for name, _, _ in own:
+            try:
+                self.xinfo[name] = conn.execute(xinfo, (name,)).fetchall()
+            except sqlite3.Error:  # a virtual table whose module is missing or cannot connect: unreadable anyway
+                self.xinfo[name] = []
+        self.views = [name for name, kind, _ in own if kind == "view"]
+        for name, kind, _ in own:
+            self._expand(name, kind)
+        for name, kind, _ in own:  # a foreign key to a hidden column holds its values too
+            if kind == "table" and name.lower() not in self.tables:
+                for target, source, dest in conn.execute(
+                    'SELECT "table", "from", "to" FROM pragma_foreign_key_list(?)', (name,)
+                ).fetchall():
+                    if dest and dest.lower() in self.columns.get(target.lower(), ()):
+                        self.hide_column(name, source)
+        for _ in range(3):  # a vocabulary table over a hidden full-text table, and so on
+            for name, kind, _ in own:
+                if kind == "virtual" and name.lower() not in self.tables and self._indexes_hidden_data(name):
+                    self.tables[name.lower()] = (
+                        f"the table {name} is hidden on this server (MCP_HIDE): it indexes hidden data"
+                    )
+                    self.columns.pop(name.lower(), None)
+        virtual = sorted((name for name, kind, _ in own if kind == "virtual"), key=len, reverse=True)
+        for name, kind, _ in listed:  # the shadow tables that hold a virtual table's data
+            owner = next((v for v in virtual if name.lower().startswith(v.lower() + "_")), None)
+            if kind == "shadow" and owner is not None and owner.lower() in self.tables:
+                self.tables[name.lower()] = (
+                    f"the table {name} holds the data of {owner}, which is hidden on this server (MCP_HIDE)"
+                )
+        if self.rules:
+            for name in VALUE_TABLES:
+                self.tables[name] = (
+                    f"{name} is hidden while this server hides tables or columns (MCP_HIDE):"
+                    " it holds counts, samples or raw pages of their values"
+                )
+        for name, kind, without_rowid in own:
+            if name.lower() in self.tables:
+                self.indexes |= {i.lower() for (i,) in conn.execute("SELECT name FROM pragma_index_list(?)", (name,))}
+            elif kind == "table" and name.lower() in self.columns:
+                self._find_btrees(conn, name, bool(without_rowid))
+        # The b-trees of hidden tables and of their indexes, which the join condition of NATURAL JOIN and
+        # USING reads without asking the authorizer.
+        self.closed = {
+            root: self.tables.get(name.lower()) or self.tables[table.lower()]
+            for name, _, root, table in schema
+            if root and (name.lower() in self.tables or table.lower() in self.tables)
+        }
+
+    def _hides(self, table: str, column: str | None) -> bool:
+        return any(
+            hide_matches(t, table) and (c is None if column is None else c is not None and hide_matches(c, column))
+            for _, t, c in self.rules
+        )
+
+    def _expand(self, name: str, kind: str) -> None:
+        self.names[name.lower()] = name
+        if self._hides(name, None):
+            self.tables[name.lower()] = (
+                f"the table {name} is hidden on this server (MCP_HIDE): no statement may read it"
+            )
+            return
+        columns = self.xinfo[name]
+        hidden = {col for col, *_ in columns if self._hides(name, col)}
+        if hidden and kind != "view":
+            # A generated column's expression is not authorized when the column is read: it may use a hidden one.
+            hidden |= {col for col, _, _, generated in columns if generated in (2, 3)}
+        if hidden:
+            self.columns[name.lower()] = {col.lower() for col in hidden}
+        self.visible[name.lower()] = [col for col, _, _, generated in columns if col not in hidden and generated != 1]
+
+    def hide_column(self, table: str, column: str) -> None:
+        self.columns.setdefault(table.lower(), set()).add(column.lower())
+        self.visible[table.lower()] = [c for c in self.visible[table.lower()] if c.lower() != column.lower()]
+
+    def _indexes_hidden_data(self, name: str) -> bool:
+        """Whether a virtual table (full-text, R-tree, a vocabulary) holds what is hidden: it keeps all its
+        columns in one index, so one hidden column is enough, and so is an external content table
+        (content=...) or a table its arguments name that is hidden or hides one of its columns."""
+        if self.columns.get(name.lower()):
+            return True
+        sql = self.schema.get(name, ("", 0))[0]
+        arguments = re.search(r"\((.*)\)\s*$", sql, re.DOTALL)
+        named = {part.strip().strip("'\"`[]").lower() for part in (arguments.group(1) if arguments else "").split(",")}
+        if content := re.search(r"\bcontent\s*=\s*['\"`\[]?([^'\"`\],)\s]+)", sql, re.IGNORECASE):
+            named.add(content.group(1).lower())
+        own = {col.lower() for col, *_ in self.xinfo[name]}
+        return any(source in self.tables or own & self.columns.get(source, set()) for source in named)
+
+    def _find_btrees(self, conn: sqlite3.Connection, name: str, without_rowid: bool) -> None:
+        """Note where the b-trees of a table with hidden columns keep those columns (by position in a
+        record), and which keep its rows in a hidden column's order: the table itself when its key is
+        hidden, and each index on a hidden column (or on an expression, or with a WHERE: either may use one)."""
+        hidden = self.columns[name.lower()]
+        keys = [(col, type_) for col, type_, pk, _ in self.xinfo[name] if pk]
+        rowid_hidden = (
+            not without_rowid and len(keys) == 1 and keys[0][1].upper() == "INTEGER" and keys[0][0].lower() in hidden
+        )
+        if rowid_hidden or (without_rowid and any(col.lower() in hidden for col, _ in keys)):
+            self.roots[self.schema[name][1]] = (
+                f"the table {name}, which is stored in the order of its hidden key",
+                "hide the whole table, or stop hiding its key",
+            )
+        # A rowid table's record holds its columns in order, less the virtual generated ones (computed
+        # from others when read); a WITHOUT ROWID table's is laid out as its primary key index.
+        record = [col for col, _, _, generated in self.xinfo[name] if generated != 2]
+        for index, where, origin in conn.execute(
+            "SELECT name, partial, origin FROM pragma_index_list(?)", (name,)
+        ).fetchall():
+            parts = conn.execute("SELECT cid, name FROM pragma_index_xinfo(?) ORDER BY seqno", (index,)).fetchall()
+            if without_rowid and origin == "pk":
+                record = [col for _, col in parts]
+            if index not in self.schema:
+                continue
+            self._note_reads(self.schema[index][1], name, [col for _, col in parts])
+            if where or rowid_hidden or any(cid == -2 or (col or "").lower() in hidden for cid, col in parts):
+                self.roots[self.schema[index][1]] = (
+                    f"the index {index}, which keeps the rows of {name} in the order of a hidden column",
+                    f"write NOT INDEXED after {name} in FROM",
+                )
+        self._note_reads(self.schema[name][1], name, record)
+
+    def _note_reads(self, root: int, table: str, record: list[str | None]) -> None:
+        hidden = self.columns[table.lower()]
+        self.reads[root] = {i: (table, col) for i, col in enumerate(record) if col and col.lower() in hidden}
+
+    def _column_refusal(self, table: str, column: str) -> Concealed:
+        name = self.names.get(table.lower(), table)
+        shown = ", ".join(self.visible.get(table.lower(), [])) or "none"
+        return Concealed(
+            f"the column {name}.{column} is hidden on this server (MCP_HIDE): no statement may use its values,"
+            f" whether selected, in WHERE, ORDER BY or a join, through a view or *; the visible columns of"
+            f" {name} are: {shown}"
+        )
+
+    def refusal(self, action: int, table: str | None, column: str | None, inner: str | None) -> Concealed | None:
+        """Why the authorizer must deny this, or None."""
+        if action == sqlite3.SQLITE_READ and self.rules and column == "rootpage" and table in SCHEMA_TABLES:
+            # dbstat (page sizes, so the lengths of hidden values) finds its b-trees through it.
+            return Concealed(
+                "sqlite_schema.rootpage is hidden while this server hides tables or columns (MCP_HIDE): dbstat"
+                " would read the size of their values through it"
+            )
+        if action == sqlite3.SQLITE_READ:
+            for name in (table, inner):
+                if name and name.lower() in self.tables:
+                    return Concealed(self.tables[name.lower()])
+            if table and column and column.lower() in self.columns.get(table.lower(), ()):
+                return self._column_refusal(table, column)
+        pragma = action == sqlite3.SQLITE_PRAGMA and (table or "").lower() in SCHEMA_PRAGMAS
+        if pragma and column and (column.lower() in self.tables or column.lower() in self.indexes):
+            return Concealed(f"{column} is hidden on this server (MCP_HIDE): no table or view by that name")
+        return None
+
+    def plan_refusal(self, program: list[tuple]) -> Concealed | None:
+        """Why a compiled statement (EXPLAIN's rows) would use a hidden column, or None: a column that
+        SQLite reads without asking the authorizer (the join condition of NATURAL JOIN and USING), or
+        rows that would come in a hidden column's order."""
+        opened = {p1: p2 for _, opcode, p1, p2, p3, *_ in program if opcode in ("OpenRead", "ReopenIdx") and p3 == 0}
+        if closed := next((self.closed[root] for root in opened.values() if root in self.closed), None):
+            return Concealed(closed)
+        for _, opcode, p1, p2, *_ in program:
+            if p1 not in opened:
+                continue
+            if opcode == "Column" and (read := self.reads.get(opened[p1], {}).get(p2)):
+                return self._column_refusal(*read)
+            if opcode in CURSOR_READS and opened[p1] in self.roots:
+                what, instead = self.roots[opened[p1]]
+                return Concealed(
+                    f"the query would read rows through {what}: their order would tell that hidden column's"
+                    f" values (MCP_HIDE); {instead}"
+                )
+        return None
 
 
 # --- PostgreSQL: the read-only engine ----------------------------------------------------------
@@ -732,7 +1042,7 @@ ORDER BY 1, 2
 """
 PG_COLUMNS = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, pg_get_expr(d.adbin, d.adrelid),
-       coalesce(array_position(pk.conkey, a.attnum), 0)
+       coalesce(array_position(pk.conkey, a.attnum), 0), has_column_privilege(a.attrelid, a.attnum, 'SELECT')
 FROM pg_attribute a
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 LEFT JOIN pg_constraint pk ON pk.conrelid = a.attrelid AND pk.contype = 'p'
@@ -771,6 +1081,189 @@ ORDER BY contype <> 'p', conname
 """
 
 
+# MCP_HIDE on PostgreSQL is the role's privileges: PostgreSQL enforces them in every statement, view
+# and function. What is checked here is that the role has none on anything hidden: the rules matched
+# against the catalog, with the partitions and inheritance children of what they hide (read directly,
+# each has its own privileges), and the views that show hidden data (a view reads with its owner's
+# privileges, unless it is a security_invoker view).
+PG_RELATIONS = """
+SELECT c.oid, n.nspname, c.relname, c.relkind, coalesce(c.reloptions, '{}')::text[], pg_has_role(c.relowner, 'USAGE'),
+       ARRAY(SELECT a.attname::text FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+"""
+PG_CHILDREN = "SELECT inhparent, inhrelid FROM pg_inherits"
+PG_FOREIGN_KEY_COLUMNS = """
+SELECT c.conrelid, c.confrelid,
+       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(num, pos)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num ORDER BY k.pos),
+       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(num, pos)
+             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.num ORDER BY k.pos)
+FROM pg_constraint c WHERE c.contype = 'f'
+"""
+PG_VIEW_READS = """
+SELECT DISTINCT r.ev_class, d.refobjid, a.attname::text
+FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid AND d.refobjsubid > 0
+WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass AND r.ev_class <> d.refobjid
+"""
+# Who lends the role SELECT on a relation (%s) or some of its columns: itself, a role it inherits from, PUBLIC.
+PG_GRANTEES = """
+SELECT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, NULL
+FROM pg_class c, aclexplode(c.relacl) g LEFT JOIN pg_roles r ON r.oid = g.grantee
+WHERE c.oid = %(oid)s AND g.privilege_type = 'SELECT' AND (g.grantee = 0 OR pg_has_role(g.grantee, 'USAGE'))
+UNION ALL
+SELECT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, a.attname::text
+FROM pg_attribute a, aclexplode(a.attacl) g LEFT JOIN pg_roles r ON r.oid = g.grantee
+WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped AND g.privilege_type = 'SELECT'
+  AND (g.grantee = 0 OR pg_has_role(g.grantee, 'USAGE'))
+"""
+
+
+class PostgresHidden:
+    """What MCP_HIDE hides in one PostgreSQL database, expanded against its catalog: hidden relations
+    and hidden columns per relation, both by oid."""
+
+    def __init__(self, conn: Any, rules: list[list[str | None]]):
+        relations = {row[0]: row for row in conn.execute(PG_RELATIONS)}
+        self.names = {oid: f"{quote_identifier(row[1])}.{quote_identifier(row[2])}" for oid, row in relations.items()}
+        self.relnames = {oid: row[2] for oid, row in relations.items()}
+        self.columns = {oid: row[6] for oid, row in relations.items()}
+        self.tables: dict[int, str] = {}  # oid -> why it is hidden
+        self.hidden_columns: dict[int, set[str]] = {}
+        for oid, (_, schema, name, *_rest) in relations.items():
+            for rule_schema, table, column in rules:
+                if not (hide_matches(rule_schema, schema) and hide_matches(table, name)):
+                    continue
+                if column is None:
+                    self.tables[oid] = "hidden"
+                else:
+                    matched = {c for c in self.columns[oid] if hide_matches(column, c)}
+                    self.hidden_columns.setdefault(oid, set()).update(matched)
+        for _ in range(3):  # a foreign key to a hidden column holds its values too (and one to that, ...)
+            for source, target, columns, references in conn.execute(PG_FOREIGN_KEY_COLUMNS):
+                for column, reference in zip(columns, references, strict=True):
+                    if reference in self.hidden_columns.get(target, ()):
+                        self.hidden_columns.setdefault(source, set()).add(column)
+        children: dict[int, list[int]] = {}
+        for parent, child in conn.execute(PG_CHILDREN):
+            children.setdefault(parent, []).append(child)
+        for oid in list(self.tables) + list(self.hidden_columns):  # partitions hold the same rows
+            for child in self._descendants(oid, children):
+                if oid in self.tables:
+                    self.tables.setdefault(child, f"a partition or child of {self.names[oid]}")
+                hidden = {c for c in self.hidden_columns.get(oid, ()) if c in self.columns.get(child, [])}
+                if hidden:
+                    self.hidden_columns.setdefault(child, set()).update(hidden)
+        reads: dict[int, list[tuple[int, str | None]]] = {}
+        for view, source, column in conn.execute(PG_VIEW_READS):
+            reads.setdefault(view, []).append((source, column))
+        for _ in range(len(reads) + 1):  # views over views
+            added = False
+            for view, sources in reads.items():
+                row = relations.get(view)
+                if view in self.tables or row is None or (row[3] == "v" and _security_invoker(row[4])):
+                    continue
+                for source, column in sources:
+                    if source in self.tables or (column is not None and column in self.hidden_columns.get(source, ())):
+                        self.tables[view] = f"a view of hidden data in {self.names.get(source, '?')}"
+                        added = True
+                        break
+            if not added:
+                break
+        self.hidden_columns = {
+            oid: cols for oid, cols in self.hidden_columns.items() if cols and oid not in self.tables
+        }
+        self.owned = {oid for oid, row in relations.items() if row[5]}
+
+    def explain_denial(self, message: str) -> str:
+        """PostgreSQL's "permission denied for table t", saying what MCP_HIDE hides of t and what remains."""
+        found = re.search(r"permission denied for (?:table|view|materialized view|relation) (.+?)(?:;|$)", message)
+        name = found.group(1).strip().strip('"') if found else None
+        for oid, relname in self.relnames.items():
+            if relname != name:
+                continue
+            if oid in self.tables:
+                return f"the table {self.names[oid]} is hidden on this server (MCP_HIDE): no statement may read it"
+            if hidden := self.hidden_columns.get(oid):
+                shown = ", ".join(c for c in self.columns[oid] if c not in hidden) or "none"
+                return (
+                    f"the columns {', '.join(sorted(hidden))} of {self.names[oid]} are hidden on this server"
+                    " (MCP_HIDE): no statement may use their values, whether selected, in WHERE, ORDER BY or a"
+                    f" join, through a view or *; the visible columns of {self.names[oid]} are: {shown}"
+                )
+        return message
+
+    @staticmethod
+    def _descendants(oid: int, children: dict[int, list[int]]) -> list[int]:
+        found, todo = [], list(children.get(oid, []))
+        while todo:
+            child = todo.pop()
+            if child not in found:
+                found.append(child)
+                todo.extend(children.get(child, []))
+        return found
+
+    def exposures(self, conn: Any) -> tuple[list[str], list[str]]:
+        """What the connection's role can still read of what is hidden, and the statements that take it away."""
+        readable, fixes = [], []
+        for oid, why in self.tables.items():
+            if conn.execute("SELECT has_any_column_privilege(%s, 'SELECT')", (oid,)).fetchone()[0]:
+                readable.append(self.names[oid] + ("" if why == "hidden" else f" ({why})"))
+                fixes += self._fixes(conn, oid, None)
+        for oid, hidden in self.hidden_columns.items():
+            exposed = [
+                c
+                for c in self.columns[oid]
+                if c in hidden and conn.execute("SELECT has_column_privilege(%s, %s, 'SELECT')", (oid, c)).fetchone()[0]
+            ]
+            if exposed:
+                readable += [f"{self.names[oid]}.{quote_identifier(c)}" for c in exposed]
+                fixes += self._fixes(conn, oid, hidden)
+        return readable, list(dict.fromkeys(fixes))
+
+    def _fixes(self, conn: Any, oid: int, hidden: set[str] | None) -> list[str]:
+        """REVOKE (and GRANT back the visible columns) for every grant that lends the role a hidden read."""
+        name, fixes = self.names[oid], []
+        visible = ", ".join(quote_identifier(c) for c in self.columns[oid] if not hidden or c not in hidden)
+        for grantee, column in conn.execute(PG_GRANTEES, {"oid": oid}).fetchall():
+            if column is None:
+                fixes.append(f"REVOKE SELECT ON {name} FROM {grantee};")
+                if hidden and visible:
+                    fixes.append(f"GRANT SELECT ({visible}) ON {name} TO {grantee};")
+            elif hidden is None or column in hidden:
+                fixes.append(f"REVOKE SELECT ({quote_identifier(column)}) ON {name} FROM {grantee};")
+        return fixes
+
+
+def _security_invoker(options: list[str]) -> bool:
+    """Whether a view's options make it read with the privileges of whoever queries it (PostgreSQL 15+)."""
+    return any(o.lower() in ("security_invoker=true", "security_invoker=on", "security_invoker=1") for o in options)
+
+
+def _refuse_readable_hidden(conn: Any, rules: list[list[str | None]]) -> PostgresHidden:
+    """The rules expanded, or a refusal naming what the role can read of what they hide and the exact
+    statements that take it away."""
+    hidden = PostgresHidden(conn, rules)
+    readable, fixes = hidden.exposures(conn)
+    role = quote_identifier(conn.info.user)
+    owned = sorted(hidden.names[oid] for oid in hidden.owned if oid in hidden.tables or oid in hidden.hidden_columns)
+    if owned:
+        raise QueryRefused(
+            f"MCP_HIDE hides what the PostgreSQL role {role} can read: it owns {', '.join(owned)} (or inherits"
+            " from their owner), and an owner reads everything whatever it is granted; connect as a role that"
+            " only reads (docs/postgresql.md has the recipe)"
+        )
+    if readable:
+        raise QueryRefused(
+            f"MCP_HIDE hides what the PostgreSQL role {role} can read: {', '.join(readable)}. On PostgreSQL"
+            " the role's privileges enforce MCP_HIDE: run these statements as the tables' owner (or a"
+            " superuser), then start again:\n  " + "\n  ".join(fixes)
+        )
+    return hidden
+
+
 class PostgresEngine:
     """The one place that knows PostgreSQL: one session that can only read, one statement per call.
 
@@ -795,6 +1288,7 @@ class PostgresEngine:
         terminate: list[int] | None = None,
         open_results: int = 4,
         result_idle_s: float = 120,
+        hide: list[list[str | None]] | None = None,
     ):
         import psycopg  # only PostgreSQL workers need the driver: the extra is optional
 
@@ -806,6 +1300,8 @@ class PostgresEngine:
         self.chunk = 500 if psycopg.capabilities.has_stream_chunked() else 1  # rows per network read
         self.conn: Any = None
         self.results = OpenResults(open_results, result_idle_s)
+        self.rules = hide or []  # MCP_HIDE's rules: each new session checks that its role cannot read them
+        self.hidden: PostgresHidden | None = None
 
     def operations(self) -> dict[str, Callable[[dict[str, Any], Deadline], tuple[dict[str, Any], bytes]]]:
         return {
@@ -833,6 +1329,8 @@ class PostgresEngine:
                 conn = self.pg.connect(self.conninfo, autocommit=True, prepare_threshold=None, connect_timeout=wait)
             try:
                 _refuse_privileged_role(conn)
+                if self.rules:  # privileges granted since the start are refused too
+                    self.hidden = _refuse_readable_hidden(conn, self.rules)
             except BaseException:
                 conn.close()
                 raise
@@ -934,7 +1432,7 @@ class PostgresEngine:
         params = request.get("params")
         if isinstance(params, dict):
             raise QueryRefused("PostgreSQL placeholders are $1, $2, ...: pass params as a list, not an object")
-        with self._transaction(deadline) as conn:
+        with self._hidden_explained(), self._transaction(deadline) as conn:
             try:
                 columns, rows = self._declare(conn, request["sql"], params, deadline)
                 holds = True
@@ -952,6 +1450,16 @@ class PostgresEngine:
                 result = self.results.add(HeldResult(conn, rows, columns, release=partial(self._release, conn)))
                 self.conn = None  # that session is the result's now
         return {"columns": columns, "row_count": count, "more": more, "result": result}, body
+
+    @contextlib.contextmanager
+    def _hidden_explained(self) -> Iterator[None]:
+        """A refusal for lack of privilege says what MCP_HIDE hides, when that is why."""
+        try:
+            yield
+        except QueryRefused as exc:
+            if self.hidden is None or "permission denied for" not in str(exc):
+                raise
+            raise QueryRefused(self.hidden.explain_denial(str(exc))) from None
 
     def next_page(self, request: dict[str, Any], deadline: Deadline) -> tuple[dict[str, Any], bytes]:
         """The next page of an open result, from the snapshot its first page came from."""
@@ -1018,7 +1526,11 @@ class PostgresEngine:
     def _objects(self, conn: Any) -> dict[str, tuple]:
         """Readable tables and views by schema-qualified name:
         (schema, name, type, relkind, oid, visible, estimated rows, pages)."""
-        return {f"{row[0]}.{row[1]}": row for row in conn.execute(PG_OBJECTS)}
+        hidden = self.hidden.tables if self.hidden is not None else {}
+        return {f"{row[0]}.{row[1]}": row for row in conn.execute(PG_OBJECTS) if row[4] not in hidden}
+
+    def _hidden_column(self, oid: int, column: str, readable: bool) -> bool:
+        return not readable or (self.hidden is not None and column in self.hidden.hidden_columns.get(oid, ()))
 
     def _count(self, conn: Any, found: tuple, deadline: Deadline) -> dict[str, Any]:
         """A row count, exact for small tables and estimated from the catalog for the rest."""
@@ -1095,7 +1607,8 @@ class PostgresEngine:
         qualified = f"{quote_identifier(schema)}.{quote_identifier(name)}"
         columns = [
             {"name": c, "type": t, "nullable": nullable, "default": d, "primary_key": pk}
-            for c, t, nullable, d, pk in conn.execute(PG_COLUMNS, (oid,))
+            | ({"hidden": True} if self._hidden_column(oid, c, readable) else {})
+            for c, t, nullable, d, pk, readable in conn.execute(PG_COLUMNS, (oid,))
         ]
         foreign_keys = [
             {"columns": source, "references_table": target, "references_columns": dest}
@@ -1135,7 +1648,11 @@ class PostgresEngine:
             for qualified, found in self._objects(conn).items():
                 if deadline.passed() or len(tables) >= MAX_LIST_ENTRIES:
                     break
-                columns = [f"{c} {t}" for c, t, *_ in conn.execute(PG_COLUMNS, (found[4],))]
+                columns = [
+                    f"{c} {t}"
+                    for c, t, *_, readable in conn.execute(PG_COLUMNS, (found[4],))
+                    if not self._hidden_column(found[4], c, readable)
+                ]
                 tables.append({"name": qualified, "type": found[2], "columns": columns})
             return {"tables": tables}, b""
 
@@ -1556,7 +2073,7 @@ import secrets
 import shutil
 import tempfile
 import warnings
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from datetime import date, timedelta
 from subprocess import PIPE
 from typing import Annotated, ClassVar, Literal
@@ -1649,6 +2166,11 @@ class Settings(BaseSettings):
         16, ge=1, le=1000, description="Paged results held open at once, each on its own connection (its snapshot)"
     )
     result_idle_s: int = Field(120, ge=5, le=3600, description="Seconds a paged result stays open unread")
+    hide: str | None = Field(
+        None,
+        description="Tables and columns no statement may read: table, table.column (schema.table.column on"
+        " PostgreSQL), each maybe database:-prefixed, * a wildcard; comma-separated",
+    )
     audit_log: Path | None = Field(None, description="File every tool call appends one JSON line to (unset: none)")
 
     @field_validator("db_path")
@@ -1730,6 +2252,13 @@ class Settings(BaseSettings):
             parse_rate_limit(value)
         return value or None
 
+    @field_validator("hide")
+    @classmethod
+    def _hide_parses(cls, value: str | None) -> str | None:
+        if value:
+            parse_hide(value)
+        return value or None
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
@@ -1785,6 +2314,47 @@ def warn_unknown_settings() -> None:
             close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
             hint = f"; did you mean {close[0]}?" if close else ""
             log.warning("%s (in %s) is not a setting of this server and is ignored%s", name, where, hint)
+
+
+def parse_hide(text: str) -> list[tuple[str | None, list[str | None]]]:
+    """MCP_HIDE's entries as (database or None, [schema, table, column]), where None is any schema and
+    a column of None (or `*`) hides the whole table."""
+    entries = []
+    for entry in text.split(",") if text.strip() else []:
+        database, colon, rest = entry.strip().partition(":")
+        if not colon:
+            database, rest = "", database
+        if colon and not re.fullmatch(r"[A-Za-z0-9_-]+", database.strip()):
+            raise ValueError(f"{entry.strip()!r}: the part before ':' must be a database's name")
+        parts = [part.strip() for part in rest.split(".")]
+        if not 1 <= len(parts) <= 3 or not all(parts) or ":" in rest:
+            raise ValueError(
+                f"{entry.strip()!r} is not table, table.column or schema.table.column (for example users.email, *.ssn)"
+            )
+        if len(parts) == 3:
+            schema, table, column = parts
+        elif len(parts) == 2:
+            schema, table, column = None, parts[0], parts[1]
+        else:
+            schema, table, column = None, parts[0], None
+        entries.append((database.strip() or None, [schema, table, None if column == "*" else column]))
+    return entries
+
+
+def hide_rules(settings: Settings, database: str = DEFAULT_DATABASE, databases: Iterable[str] = ()) -> list:
+    """MCP_HIDE's rules for one database: those without a prefix and those that name it. A prefix that
+    names no configured database stops the start: the rule would protect nothing."""
+    known = {database, *databases}
+    rules = []
+    for prefix, rule in parse_hide(settings.hide or ""):
+        if prefix is not None and prefix not in known:
+            raise SystemExit(
+                f"{SERVER_NAME}: bad setting MCP_HIDE: {prefix!r} names no configured database (they are:"
+                f" {', '.join(sorted(known))}); fix the prefix or drop it"
+            )
+        if prefix in (None, database):
+            rules.append(rule)
+    return rules
 
 
 def parse_rate_limit(text: str) -> tuple[int, float]:
@@ -1885,6 +2455,10 @@ class ColumnInfo(BaseModel):
     nullable: bool
     default: str | None = Field(description="Default value as SQL text")
     primary_key: int = Field(description="1-based position in the primary key, 0 when not part")
+    hidden: bool = Field(
+        False,
+        description="True when no statement may read this column (MCP_HIDE; on PostgreSQL, the role's privileges)",
+    )
 
 
 class ForeignKey(BaseModel):
@@ -2920,7 +3494,7 @@ def database_sources(settings: Settings) -> dict[str, str]:
 
 
 def database_opening(
-    settings: Settings, source: str, setting: str = "MCP_DATABASE_URL"
+    settings: Settings, source: str, setting: str = "MCP_DATABASE_URL", name: str = DEFAULT_DATABASE
 ) -> tuple[dict[str, Any], str, str]:
     """The first frame of a database worker (see serve_worker), the dialect, and a label for the log."""
     memory = settings.worker_memory_mb * 2**20
@@ -2932,6 +3506,7 @@ def database_opening(
     if not source.startswith(("postgresql://", "postgres://")):
         config = {"path": source, "heap_limit": memory // 2, **held}
         config["exact_count_bytes"] = EXACT_COUNT_BYTES
+        config["hide"] = hide_rules(settings, name, database_sources(settings))
         return {"engine": "sqlite", "config": config, **common}, "SQLite", str(Path(source))
     try:  # imported only when a PostgreSQL URL is given: the extra is optional
         import psycopg
@@ -2956,7 +3531,12 @@ def database_opening(
         application_name=given.get("application_name", SERVER_NAME),
     )
     label = f"PostgreSQL database {given.get('dbname', '?')} on {given.get('host', 'localhost')}"
-    config = {"conninfo": conninfo, "timeout_ms": ms, **held}
+    config = {
+        "conninfo": conninfo,
+        "timeout_ms": ms,
+        "hide": hide_rules(settings, name, database_sources(settings)),
+        **held,
+    }
     return {"engine": "postgres", "config": config, **common}, "PostgreSQL", label
 
 
@@ -2987,7 +3567,7 @@ class DataService:
         self.databases: dict[str, Database] = {}
         for name, source in database_sources(settings).items():
             setting = f"MCP_DATABASES (database {name!r})" if settings.databases else "MCP_DATABASE_URL"
-            opening, dialect, label = database_opening(settings, source, setting)
+            opening, dialect, label = database_opening(settings, source, setting, name)
             pool = WorkerPool("database", opening, settings.pool_size, busy_hint=", or raise MCP_POOL_SIZE")
             self.databases[name] = Database(name, pool, dialect, label)
         self.default = next(iter(self.databases.values()))
@@ -3327,6 +3907,14 @@ def database_problem(opening: dict[str, Any], prefix: str = "") -> tuple[str, st
         try:
             with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)) as conn:
                 conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+                if opening["config"].get("hide"):
+                    catalog = {}
+                    for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type IN ('table', 'view')"):
+                        with contextlib.suppress(sqlite3.Error):  # a virtual table whose module is missing
+                            catalog["main", name] = [
+                                c for (c,) in conn.execute("SELECT name FROM pragma_table_xinfo(?)", (name,))
+                            ]
+                    warn_unmatched_hide(opening["config"]["hide"], catalog, prefix)
         except sqlite3.Error as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):  # a writer at work is no fault of the setting
                 return (
@@ -3339,6 +3927,14 @@ def database_problem(opening: dict[str, Any], prefix: str = "") -> tuple[str, st
     try:
         with psycopg.connect(opening["config"]["conninfo"], autocommit=True, connect_timeout=3) as conn:
             _refuse_privileged_role(conn)
+            if opening["config"].get("hide"):
+                catalog = {(row[1], row[2]): row[6] for row in conn.execute(PG_RELATIONS)}
+                warn_unmatched_hide(opening["config"]["hide"], catalog, prefix)
+                try:
+                    _refuse_readable_hidden(conn, opening["config"]["hide"])
+                except QueryRefused as exc:
+                    return str(exc), "its PostgreSQL role can read what MCP_HIDE hides, so the server does not use it"
+                _warn_security_definers(conn)
     except QueryRefused as exc:
         return str(exc), "its PostgreSQL role may read server files, so the server does not use it"
     except psycopg.Error as exc:
@@ -3353,6 +3949,40 @@ def database_problem(opening: dict[str, Any], prefix: str = "") -> tuple[str, st
             return f"PostgreSQL refused it: {text}", "PostgreSQL refused the server's login or database name"
         log.warning("%scannot reach PostgreSQL now (%s); each call will try again", prefix, text)
     return None
+
+
+def warn_unmatched_hide(rules: list[list[str | None]], catalog: dict[tuple[str, str], list[str]], prefix: str) -> None:
+    """Warn of an MCP_HIDE entry that matches nothing in a database's catalog ((schema, table) -> columns):
+    a misspelt entry hides nothing. (Only a warning: the table may come later, and a wildcard entry may
+    be meant for another database.)"""
+    for schema, table, column in rules:
+        if not any(
+            hide_matches(schema, s)
+            and hide_matches(table, t)
+            and (column is None or any(hide_matches(column, c) for c in cols))
+            for (s, t), cols in catalog.items()
+        ):
+            entry = ".".join(part for part in (schema, table, column) if part)
+            log.warning("%sthe MCP_HIDE entry %s matches no table or column; check its spelling", prefix, entry)
+
+
+def _warn_security_definers(conn: Any) -> None:
+    """A SECURITY DEFINER function runs with its owner's privileges, which MCP_HIDE cannot see into: name
+    the ones the role may call, so that someone checks them."""
+    names = [
+        name
+        for (name,) in conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE p.prosecdef AND has_function_privilege(p.oid, 'EXECUTE')"
+            " AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1 LIMIT 20"
+        )
+    ]
+    if names:
+        log.warning(
+            "the role may call SECURITY DEFINER functions, which read with their owner's privileges whatever"
+            " MCP_HIDE hides; check or REVOKE EXECUTE on: %s",
+            ", ".join(names),
+        )
 
 
 def create_server(settings: Settings) -> FastMCP:

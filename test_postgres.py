@@ -1189,6 +1189,161 @@ def test_a_refused_login_stops_the_start_without_showing_the_password(library, f
     assert "not-the-password" not in str(stopped.value)
 
 
+# --- MCP_HIDE: the role's privileges keep hidden tables and columns unread -----------------------
+
+HIDDEN_SCHEMA = """
+CREATE TABLE users (id int PRIMARY KEY, name text, email text UNIQUE, password_hash text);
+CREATE TABLE mailings (id int, sent_to text REFERENCES users(email), subject text);
+CREATE TABLE secrets (key text, value text);
+CREATE SCHEMA crm;
+CREATE TABLE crm.contacts (id int, name text, phone text);
+CREATE TABLE contacts (id int, phone text);
+CREATE TABLE notes (id int, email text, body text) PARTITION BY LIST (id);
+CREATE TABLE notes_one PARTITION OF notes FOR VALUES IN (1);
+CREATE VIEW user_logins AS SELECT name, password_hash FROM users;
+CREATE VIEW user_names AS SELECT id, name FROM users;
+INSERT INTO users VALUES (1, 'ann', 'ann@example.org', '$2b$kept-ann'), (2, 'bob', 'bob@example.org', '$2b$kept-bob');
+INSERT INTO secrets VALUES ('stripe', 'sk-live-4242');
+INSERT INTO crm.contacts VALUES (1, 'ann', '+1 555 0100');
+INSERT INTO contacts VALUES (1, '+1 555 0199');
+INSERT INTO notes VALUES (1, 'ann@example.org', 'hello');
+ANALYZE;
+GRANT USAGE ON SCHEMA public, crm TO {reader};
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO {reader};
+GRANT SELECT ON secrets TO PUBLIC;
+GRANT SELECT ON crm.contacts TO {group};
+"""
+PG_HIDE = "users.password_hash, *.email, secrets, crm.contacts.phone"
+
+
+@dataclass
+class HiddenLibrary:
+    owner: str
+    reader: str
+
+
+@pytest.fixture
+def hidden_library(admin_url: str) -> Iterator[HiddenLibrary]:
+    """A database of its own whose read-only role can, at first, read everything MCP_HIDE will hide:
+    directly, through PUBLIC, through a group role, a view and a partition."""
+    suffix = secrets.token_hex(3)
+    database, owner, reader, group = (f"safe_hide_{kind}_{suffix}" for kind in ("db", "owner", "reader", "group"))
+    passwords = {role: secrets.token_hex(8) for role in (owner, reader)}
+    urls = {role: url_for(admin_url, user=role, password=passwords[role], database=database) for role in passwords}
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            for role in (owner, reader):
+                conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{passwords[role]}'")
+            conn.execute(f"CREATE ROLE {group} NOLOGIN")
+            conn.execute(f"GRANT {group} TO {reader}")
+            conn.execute(f"CREATE DATABASE {database} OWNER {owner}")
+        with psycopg.connect(urls[owner], autocommit=True) as conn:
+            conn.execute(HIDDEN_SCHEMA.format(reader=reader, group=group))
+        yield HiddenLibrary(owner=urls[owner], reader=urls[reader])
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            for role in (owner, reader, group):
+                conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def refusal_to_start(url: str, files_root: Path) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        create_server(Settings(database_url=url, files_root=files_root, hide=PG_HIDE, pool_size=1))
+    return str(stopped.value)
+
+
+def make_readers_blind(hidden_library: HiddenLibrary, files_root: Path) -> str:
+    """Run the statements of the refusal as the owner, the way an operator would; the refusal."""
+    message = refusal_to_start(hidden_library.reader, files_root)
+    statements = [line.strip() for line in message.splitlines()[1:]]
+    with psycopg.connect(hidden_library.owner, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    return message
+
+
+def test_a_role_that_can_read_hidden_data_is_refused_with_the_fix(hidden_library, files_root):
+    message = refusal_to_start(hidden_library.reader, files_root)
+    first, *statements = message.splitlines()
+    for exposed in (
+        '"public"."users"."password_hash"', '"public"."users"."email"', '"public"."secrets"',
+        '"crm"."contacts"."phone"', '"public"."user_logins"', '"public"."notes"."email"',
+        '"public"."notes_one"."email"', '"public"."mailings"."sent_to"',
+    ):  # fmt: skip
+        assert exposed in first, exposed
+    assert '"public"."contacts"' not in message  # crm.contacts.phone names one schema's table
+    assert 'REVOKE SELECT ON "public"."secrets" FROM PUBLIC;' in [s.strip() for s in statements]
+    assert all(s.strip().startswith(("REVOKE ", "GRANT ")) for s in statements), statements
+    assert "$2b$" not in message and "example.org" not in message
+
+
+async def test_the_printed_statements_make_the_start_succeed(hidden_library, files_root):
+    make_readers_blind(hidden_library, files_root)
+    settings = Settings(database_url=hidden_library.reader, files_root=files_root, hide=PG_HIDE, pool_size=1)
+    async with Client(create_server(settings)) as client:
+        visible = await call(client, "query_database", query="SELECT id, name FROM users ORDER BY id")
+        through_view = await call(client, "query_database", query="SELECT name FROM user_names ORDER BY id")
+        stats = await call(client, "query_database", query="SELECT attname FROM pg_stats WHERE tablename = 'users'")
+        refused = [
+            await error_of(client, "query_database", query=sql)
+            for sql in (
+                "SELECT password_hash FROM users", "SELECT * FROM users", "SELECT count(*) FROM secrets",
+                "SELECT * FROM user_logins", "SELECT email FROM notes_one", "SELECT phone FROM crm.contacts",
+                "SELECT name FROM users WHERE email LIKE 'a%'",
+                "SELECT 1 FROM (SELECT '$2b$kept-ann' AS password_hash) AS s NATURAL JOIN users",
+            )
+        ]  # fmt: skip
+        column = await error_of(client, "query_database", query="SELECT name, password_hash FROM users")
+        table = await error_of(client, "query_database", query="SELECT * FROM secrets")
+    assert visible["rows"] == [[1, "ann"], [2, "bob"]] and through_view["rows"] == [["ann"], ["bob"]]
+    assert {name for (name,) in stats["rows"]} <= {"id", "name"}  # pg_stats shows only readable columns
+    assert column.endswith(
+        'the columns email, password_hash of "public"."users" are hidden on this server (MCP_HIDE): no statement'
+        " may use their values, whether selected, in WHERE, ORDER BY or a join, through a view or *; the visible"
+        ' columns of "public"."users" are: id, name'
+    )
+    assert table == 'the table "public"."secrets" is hidden on this server (MCP_HIDE): no statement may read it'
+    for message in refused:
+        assert "hidden on this server (MCP_HIDE)" in message, message
+        assert "$2b$" not in message and "example.org" not in message and "4242" not in message
+
+
+async def test_postgres_listings_leave_hidden_things_out_and_mark_hidden_columns(hidden_library, files_root):
+    make_readers_blind(hidden_library, files_root)
+    handler, asked = answering("SELECT name FROM users ORDER BY id")
+    settings = Settings(database_url=hidden_library.reader, files_root=files_root, hide=PG_HIDE, pool_size=1)
+    async with Client(create_server(settings), mode="legacy", sampling_handler=handler) as client:
+        tables = await call(client, "list_tables")
+        found = await call(client, "search_schema", pattern="*")
+        users = await call(client, "describe_table", table="users")
+        contacts = await call(client, "describe_table", table="crm.contacts")
+        public_contacts = await call(client, "describe_table", table="public.contacts")
+        missing = await error_of(client, "describe_table", table="secrets")
+        await call(client, "ask_database", question="who are the users?")
+    names = [t["name"] for t in tables["tables"]]
+    assert names == [
+        "crm.contacts", "public.contacts", "public.mailings", "public.notes", "public.user_names", "public.users"
+    ]  # fmt: skip
+    assert not {"public.secrets", "public.user_logins"} & set(found["tables"])
+    assert not {c["column"] for c in found["columns"] if c["table"] != "public.contacts"} & {"email", "phone"}
+    assert {c["name"]: c["hidden"] for c in users["columns"]} == {
+        "id": False, "name": False, "email": True, "password_hash": True
+    }  # fmt: skip
+    assert [c["name"] for c in contacts["columns"] if c["hidden"]] == ["phone"]
+    assert not any(c["hidden"] for c in public_contacts["columns"])
+    assert "no table or view named 'secrets'" in missing
+    schema = {t["name"]: t["columns"] for t in json.loads(asked[0][0][0].content.text)["schema"]}
+    assert schema["public.users"] == ["id integer", "name text"]
+    assert schema["crm.contacts"] == ["id integer", "name text"]
+    assert "public.secrets" not in schema and "public.user_logins" not in schema
+
+
+def test_an_owner_role_is_refused_whatever_it_was_granted(hidden_library, files_root):
+    message = refusal_to_start(hidden_library.owner, files_root)
+    assert '"public"."secrets"' in message and "it owns" in message and "connect as a role that only reads" in message
+
+
 # --- Several databases: two SQLite files and PostgreSQL in one server ------------------------------
 
 PG_TABLES = [
@@ -1300,3 +1455,17 @@ async def test_a_bad_postgresql_database_stops_only_itself(library, mixed, files
     ]  # fmt: skip
     assert sorted(every["unavailable"]) == ["down", "refused", "root"] and every["total"] == 11
     assert "not-the-password" not in view and urllib.parse.urlsplit(mixed["pg"]).password not in view
+
+
+async def test_a_grant_after_the_start_is_refused_by_the_next_session(hidden_library, files_root):
+    make_readers_blind(hidden_library, files_root)
+    settings = Settings(database_url=hidden_library.reader, files_root=files_root, hide=PG_HIDE, pool_size=1)
+    async with Client(create_server(settings)) as client:
+        held = await call(client, "query_database", query="SELECT id FROM users ORDER BY id", max_rows=1)
+        assert held["next_cursor"]  # that page keeps the worker's session: the next call connects afresh
+        with psycopg.connect(hidden_library.owner, autocommit=True) as conn:
+            conn.execute(
+                f"GRANT SELECT ON secrets TO {psycopg.conninfo.conninfo_to_dict(hidden_library.reader)['user']}"
+            )
+        message = await error_of(client, "query_database", query="SELECT 1")
+    assert 'can read: "public"."secrets"' in message and "REVOKE SELECT ON" in message

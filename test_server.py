@@ -3736,3 +3736,312 @@ async def test_path_errors_never_name_the_files_root_or_the_scratch_folder(make_
             text = answer_text(result)
             assert is_clear_error(result, "symlink loop|outside the files root|cannot resolve"), (arguments, text)
             assert not any(path in text for path in absolute), (arguments, text)
+
+
+# --- MCP_HIDE: hidden tables and columns, refused by SQLite's authorizer ----------------------------
+
+HIDDEN_SCHEMA = """
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY, name TEXT, email TEXT, password_hash TEXT, hash_length AS (length(password_hash))
+);
+CREATE INDEX users_by_email ON users(email);
+CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id), total REAL);
+CREATE TABLE sessions (id INTEGER PRIMARY KEY, hash_copy TEXT REFERENCES users(password_hash), day TEXT);
+CREATE TABLE secrets (key TEXT, value TEXT);
+CREATE INDEX secrets_by_key ON secrets(key);
+CREATE VIEW user_logins AS SELECT name, password_hash FROM users;
+CREATE VIEW user_names AS SELECT id, name FROM users;
+CREATE VIRTUAL TABLE user_search USING fts5(name, password_hash, content='users', content_rowid='id');
+CREATE VIRTUAL TABLE secret_search USING fts5(value);
+CREATE VIRTUAL TABLE secret_words USING fts5vocab(secret_search, 'row');
+"""
+HIDE = "users.password_hash, *.EMAIL, secret*"
+HIDDEN_VALUES = ["$2b$kept-ada", "$2b$kept-bob", "ada@example.org", "bob@example.org", "sk-live-4242", "4242"]
+
+
+@pytest.fixture
+def hidden_db(scratch: Path) -> Path:
+    path = scratch / "hidden.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(HIDDEN_SCHEMA)
+        conn.executemany(
+            "INSERT INTO users (id, name, email, password_hash) VALUES (?, ?, ?, ?)",
+            [(1, "zed", "bob@example.org", "$2b$kept-ada"), (2, "ann", "ada@example.org", "$2b$kept-bob")],
+        )
+        conn.executemany("INSERT INTO orders VALUES (?, ?, ?)", [(1, 1, 10.5), (2, 2, 20.0), (3, 1, 4.25)])
+        conn.execute("INSERT INTO secrets VALUES ('stripe', 'sk-live-4242')")
+        conn.execute("INSERT INTO sessions VALUES (1, '$2b$kept-ada', '2026-12-01')")
+        conn.execute("INSERT INTO user_search (user_search) VALUES ('rebuild')")
+        conn.execute("INSERT INTO secret_search (value) VALUES ('sk-live-4242')")
+        conn.execute("ANALYZE")
+        # This SQLite has no STAT4; a file from one that has keeps sample keys of every index in sqlite_stat4.
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("CREATE TABLE sqlite_stat4 (tbl, idx, neq, nlt, ndlt, sample)")
+        conn.execute(
+            "INSERT INTO sqlite_stat4 VALUES ('users', 'users_by_email', '1 1', '0 0', '0 0', 'ada@example.org')"
+        )
+        conn.execute("PRAGMA writable_schema = OFF")
+        conn.commit()
+    return path
+
+
+@pytest.fixture
+def make_hidden(hidden_db: Path, files_root: Path):
+    def make(**overrides):
+        return create_server(Settings(db_path=hidden_db, files_root=files_root, hide=HIDE, pool_size=1, **overrides))
+
+    return make
+
+
+# Each reads a hidden column or table in another disguise; each must be refused, whole.
+HIDDEN_READS = [
+    "SELECT password_hash FROM users",
+    "SELECT password_hash AS p FROM users",
+    "SELECT u.password_hash FROM users AS u",
+    "SELECT * FROM users",
+    "SELECT users.* FROM users",
+    "SELECT upper(password_hash) FROM users",
+    "SELECT name FROM users WHERE password_hash > 'm'",
+    "SELECT name FROM users WHERE password_hash LIKE '$2b$kept-a%'",
+    "SELECT name FROM users WHERE password_hash = ?",
+    "SELECT name FROM users ORDER BY password_hash",
+    "SELECT count(*) FROM users GROUP BY password_hash",
+    "SELECT length(password_hash) FROM users",
+    "SELECT hex(password_hash) FROM users",
+    "SELECT typeof(password_hash) FROM users",
+    "SELECT name, password_hash IS NULL FROM users",
+    "SELECT CASE WHEN password_hash > 'm' THEN 1 ELSE 0 END FROM users",
+    "SELECT iif(instr(password_hash, 'ada'), 1, 0) FROM users",
+    "SELECT json_object('p', password_hash) FROM users",
+    "SELECT group_concat(password_hash) FROM users",
+    "SELECT max(password_hash) FROM users",
+    "SELECT count(DISTINCT password_hash) FROM users",
+    "SELECT sum(unicode(password_hash)) FROM users",
+    "SELECT * FROM user_logins",
+    "SELECT name FROM user_logins",
+    "WITH c AS (SELECT password_hash FROM users) SELECT * FROM c",
+    "SELECT (SELECT password_hash FROM users LIMIT 1)",
+    "SELECT o.id FROM orders AS o JOIN users AS u ON u.password_hash > o.total",
+    "SELECT name FROM users NATURAL JOIN (SELECT '$2b$kept-ada' AS password_hash)",  # no authorizer call
+    "SELECT u.name FROM users AS u JOIN (SELECT 'x' AS password_hash) USING (password_hash)",
+    "SELECT a.name FROM users AS a JOIN users AS b USING (email)",
+    "SELECT 1 FROM (SELECT 'stripe' AS key) NATURAL JOIN secrets",  # an oracle on a hidden table's values
+    "SELECT 1 FROM (SELECT 'stripe' AS key) AS x JOIN secrets USING (key)",
+    "SELECT 1 FROM (SELECT 'live' AS value) NATURAL JOIN secret_search",
+    "SELECT 1 FROM (SELECT 'users' AS name, 2 AS ncell) NATURAL JOIN dbstat",
+    "SELECT rootpage FROM sqlite_schema",
+    "SELECT name FROM users WHERE id IN (SELECT id FROM users WHERE password_hash > 'm')",
+    "SELECT name FROM users AS u WHERE EXISTS (SELECT 1 FROM users AS v WHERE v.id = u.id AND v.password_hash > 'm')",
+    "SELECT (SELECT substr(v.password_hash, 1, 1) FROM users AS v WHERE v.id = u.id) FROM users AS u",
+    "WITH RECURSIVE r(n, p) AS (SELECT 1, (SELECT password_hash FROM users LIMIT 1)"
+    " UNION ALL SELECT n + 1, p FROM r WHERE n < 3) SELECT n FROM r",
+    "SELECT j.value FROM users, json_each(json_array(users.password_hash)) AS j",
+    "SELECT row_number() OVER (ORDER BY password_hash) FROM users",
+    "SELECT name FROM users UNION SELECT password_hash FROM users",
+    "SELECT hash_length FROM users",  # a generated column computed from the hidden one
+    "SELECT hash_copy FROM sessions",  # a foreign key to the hidden column holds its values
+    "SELECT email FROM users",  # the wildcard *.EMAIL, matched without regard to case
+    "SELECT name FROM users ORDER BY email",
+    "SELECT id FROM users",  # the planner would scan users_by_email: rows in e-mail order
+    "SELECT name, id FROM users INDEXED BY users_by_email",
+    "SELECT * FROM secrets",
+    "SELECT count(*) FROM secrets",
+    "SELECT 1 FROM secrets LIMIT 1",
+    "SELECT * FROM secret_search",
+    "SELECT rowid FROM secret_search WHERE secret_search MATCH 'live'",
+    "SELECT * FROM secret_search_content",
+    "SELECT * FROM secret_search_data",
+    "SELECT * FROM secret_words",
+    "SELECT rowid FROM user_search WHERE user_search MATCH 'kept'",  # its external content hides a column
+    "SELECT * FROM user_search_idx",
+    "SELECT quote(password_hash) FROM users",
+    "SELECT name FROM users WHERE rowid IN (SELECT rowid FROM users ORDER BY password_hash LIMIT 1)",
+    "SELECT * FROM sqlite_stat1",
+    "SELECT sample FROM sqlite_stat4",
+    "SELECT * FROM dbstat",
+    "SELECT name, payload FROM dbstat WHERE name = 'users'",
+    "SELECT * FROM pragma_table_info('secrets')",
+    "SELECT * FROM pragma_index_info('secrets_by_key')",
+    "SELECT p.* FROM sqlite_schema AS m JOIN pragma_index_list(m.name) AS p",
+    "PRAGMA table_info(secrets)",
+]
+
+
+@pytest.mark.parametrize("sql", HIDDEN_READS)
+async def test_hidden_data_is_refused_in_every_disguise(make_hidden, hidden_db, sql):
+    before = digest(hidden_db)
+    async with Client(make_hidden()) as client:
+        params = ["$2b$kept-ada"] if "?" in sql else None
+        message = await error_of(client, "query_database", query=sql, params=params)
+    assert "hidden" in message and "MCP_HIDE" in message, message
+    assert not any(value in message for value in HIDDEN_VALUES), message
+    assert digest(hidden_db) == before
+
+
+async def test_enough_disguises_are_tried():
+    assert len(set(HIDDEN_READS)) >= 40
+
+
+async def test_hidden_column_error_names_it_and_the_visible_columns(make_hidden):
+    async with Client(make_hidden()) as client:
+        message = await error_of(client, "query_database", query="SELECT name, password_hash FROM users")
+    assert "users.password_hash is hidden" in message
+    assert message.endswith("the visible columns of users are: id, name")
+
+
+async def test_index_on_a_hidden_column_is_refused_with_what_to_do(make_hidden):
+    async with Client(make_hidden()) as client:
+        message = await error_of(client, "query_database", query="SELECT id FROM users")
+        rows = (await call(client, "query_database", query="SELECT id FROM users NOT INDEXED"))["rows"]
+    assert "users_by_email" in message and "NOT INDEXED" in message
+    assert rows == [[1], [2]]
+
+
+@pytest.mark.parametrize(
+    ("sql", "rows"),
+    [
+        ("SELECT name FROM users ORDER BY name", [["ann"], ["zed"]]),
+        ("SELECT id, name FROM users NOT INDEXED ORDER BY id", [[1, "zed"], [2, "ann"]]),
+        ("SELECT count(*) FROM users", [[2]]),
+        ("SELECT u.name, sum(o.total) FROM orders AS o JOIN users AS u ON u.id = o.user_id GROUP BY u.name"
+         " ORDER BY u.name", [["ann", 20.0], ["zed", 14.75]]),
+        ("SELECT * FROM orders WHERE user_id = 2", [[2, 2, 20.0]]),
+        ("SELECT name FROM user_names NOT INDEXED ORDER BY name", None),  # NOT INDEXED belongs to a table
+        ("SELECT count(*) FROM sqlite_schema WHERE name = 'secrets'", [[1]]),  # names are schema, not data
+    ],
+)  # fmt: skip
+async def test_visible_columns_of_the_same_tables_still_answer(make_hidden, sql, rows):
+    async with Client(make_hidden()) as client:
+        result = await client.call_tool("query_database", {"query": sql}, raise_on_error=False)
+    if rows is None:
+        assert result.is_error and "hidden" not in result.content[0].text
+    else:
+        assert not result.is_error, result.content[0].text
+        assert result.structured_content["rows"] == rows
+
+
+async def test_listings_leave_hidden_tables_out(make_hidden):
+    ref = {"type": "ref/resource", "uri": "schema://tables/{table}"}
+    async with Client(make_hidden()) as client:
+        tables = await call(client, "list_tables")
+        resource = json.loads((await client.read_resource("schema://tables"))[0].text)
+        found = await call(client, "search_schema", pattern="*")
+        completed = await client.complete(ref=ref, argument={"name": "table", "value": ""})
+    visible = ["orders", "sessions", "user_names", "users"]  # user_logins shows only hidden data: hidden whole
+    assert [t["name"] for t in tables["tables"]] == visible and tables["total"] == 4
+    assert [t["name"] for t in resource["tables"]] == visible
+    assert found["tables"] == visible
+    assert {(c["table"], c["column"]) for c in found["columns"]} == {
+        ("orders", "id"), ("orders", "user_id"), ("orders", "total"), ("sessions", "id"), ("sessions", "day"),
+        ("user_names", "id"), ("user_names", "name"), ("users", "id"), ("users", "name"),
+    }  # fmt: skip
+    assert completed.values == visible
+
+
+@pytest.mark.parametrize("name", ["secrets", "SECRETS", "secret_search", "secret_search_data", "user_logins"])
+async def test_hidden_table_cannot_be_described(make_hidden, name):
+    async with Client(make_hidden()) as client:
+        message = await error_of(client, "describe_table", table=name)
+        with pytest.raises(Exception, match="no table or view named"):
+            await client.read_resource(f"schema://tables/{name}")
+    assert message == f"no table or view named {name!r}; the tables are: orders, sessions, user_names, users"
+
+
+async def test_describe_marks_hidden_columns(make_hidden):
+    async with Client(make_hidden()) as client:
+        described = await call(client, "describe_table", table="users")
+    assert {c["name"]: c["hidden"] for c in described["columns"]} == {
+        "id": False, "name": False, "email": True, "password_hash": True
+    }  # fmt: skip
+    assert described["row_count"] == 2
+
+
+async def test_ask_database_schema_leaves_hidden_things_out(make_hidden):
+    handler, asked = answering("SELECT name FROM users ORDER BY name")
+    async with Client(make_hidden(), mode="legacy", sampling_handler=handler) as client:
+        result = await call(client, "ask_database", question="who are the users?")
+    schema = json.loads(asked[0][0][0].content.text)["schema"]
+    assert schema == [
+        {"name": "orders", "type": "table", "columns": ["id INTEGER", "user_id INTEGER", "total REAL"]},
+        {"name": "sessions", "type": "table", "columns": ["id INTEGER", "day TEXT"]},
+        {"name": "user_names", "type": "view", "columns": ["id INTEGER", "name TEXT"]},
+        {"name": "users", "type": "table", "columns": ["id INTEGER", "name TEXT"]},
+    ]
+    assert result["result"]["rows"] == [["ann"], ["zed"]]
+
+
+async def test_ask_database_cannot_read_hidden_columns_either(make_hidden):
+    handler, _ = answering("SELECT name, password_hash FROM users")
+    async with Client(make_hidden(), mode="legacy", sampling_handler=handler) as client:
+        message = await error_of(client, "ask_database", question="what are the passwords?")
+    assert "users.password_hash is hidden" in message and "$2b$" not in message
+
+
+async def test_hide_follows_schema_changes(make_hidden, hidden_db):
+    async with Client(make_hidden()) as client:
+        assert (await call(client, "query_database", query="SELECT name FROM users ORDER BY name"))["rows"]
+        with sqlite3.connect(hidden_db) as conn:
+            conn.execute("CREATE TABLE secret_later (x)")
+            conn.execute("CREATE INDEX users_by_name_hash ON users(name, password_hash)")
+        later = await error_of(client, "query_database", query="SELECT * FROM secret_later")
+        ordered = await error_of(client, "query_database", query="SELECT name FROM users WHERE name > 'a'")
+    assert "secret_later is hidden" in later
+    assert "users_by_name_hash" in ordered
+
+
+async def test_a_prefix_applies_to_its_database_only(hidden_db, files_root):
+    for hide, refused in (("default:secrets", True), ("default:users.password_hash", False)):
+        server_ = create_server(Settings(db_path=hidden_db, files_root=files_root, hide=hide, pool_size=1))
+        async with Client(server_) as client:
+            result = await client.call_tool("query_database", {"query": "SELECT * FROM secrets"}, raise_on_error=False)
+        assert result.is_error is refused, (hide, result.content[0].text)
+
+
+def test_a_prefix_naming_no_database_stops_the_start(hidden_db, files_root):
+    settings = Settings(db_path=hidden_db, files_root=files_root, hide="users.email, shop:secrets")
+    with pytest.raises(SystemExit, match="MCP_HIDE: 'shop' names no configured database"):
+        create_server(settings)
+
+
+@pytest.mark.parametrize("hide", ["a.b.c.d", "users.", "users..x", " :users", "sh op:users", "a:b:c"])
+def test_malformed_hide_entries_are_refused(hide, monkeypatch):
+    monkeypatch.setenv("MCP_HIDE", hide)
+    with pytest.raises(SystemExit, match="bad setting MCP_HIDE"):
+        server.load_settings()
+
+
+def test_hide_entries_parse():
+    assert server.parse_hide("users.password_hash, *.email, shop:secrets, public.audit.*, crm:s.t.c") == [
+        (None, [None, "users", "password_hash"]),
+        (None, [None, "*", "email"]),
+        ("shop", [None, "secrets", None]),
+        (None, ["public", "audit", None]),
+        ("crm", ["s", "t", "c"]),
+    ]
+
+
+async def test_a_prefix_hides_in_its_own_database_of_several(make_several):
+    # Both databases have a `numbers` table; only the shop's is hidden, and `default` names no database here.
+    async with Client(make_several(hide="shop:numbers, library:authors.born", pool_size=1)) as client:
+        library = await call(client, "query_database", query="SELECT count(*) FROM numbers", database="library")
+        shop = await error_of(client, "query_database", query="SELECT count(*) FROM numbers", database="shop")
+        born = await error_of(client, "query_database", query="SELECT born FROM authors", database="library")
+    assert library["rows"] == [[2500]]
+    assert "the table numbers is hidden" in shop
+    assert "authors.born is hidden" in born
+    with pytest.raises(SystemExit, match="'default' names no configured database"):
+        make_several(hide="default:numbers")
+
+
+def test_an_entry_that_matches_nothing_is_warned_of(hidden_db, files_root, caplog):
+    create_server(Settings(db_path=hidden_db, files_root=files_root, hide="users.pasword_hash, secrets, *.EMAIL"))
+    warnings = [r.getMessage() for r in caplog.records if "MCP_HIDE entry" in r.getMessage()]
+    assert warnings == ["the MCP_HIDE entry users.pasword_hash matches no table or column; check its spelling"]
+
+
+async def test_other_callers_statements_cannot_be_read_from_sqlite_stmt(make_server):
+    async with Client(make_server()) as client:  # the worker's statement cache: what earlier calls ran
+        await call(client, "query_database", query="SELECT 'a literal of another caller' AS x")
+        for query in ("SELECT sql FROM sqlite_stmt", "SELECT count(*) FROM sqlite_stmt", "SELECT * FROM sqlite_stmt"):
+            message = await error_of(client, "query_database", query=query)
+            assert "sqlite_stmt is not available" in message and "literal" not in message, message
