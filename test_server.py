@@ -917,9 +917,11 @@ def test_the_readme_desktop_example_of_several_databases_is_valid(files_root):
     readme = (HERE / "README.md").read_text()
     blocks = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, re.DOTALL)]
     env = next(b["mcpServers"]["safe-data"]["env"] for b in blocks if "MCP_DATABASES" in json.dumps(b))
-    settings = Settings(databases=env["MCP_DATABASES"], files_root=files_root)
+    settings = Settings(databases=env["MCP_DATABASES"], files_root=files_root, hide=env["MCP_HIDE"])
     assert list(settings.databases) == ["shop", "crm"]
     assert settings.databases["crm"].get_secret_value().startswith("postgresql://")
+    assert {entry.split(":")[0] for entry in settings.hide.replace(" ", "").split(",")} <= set(settings.databases)
+    assert Path(env["MCP_AUDIT_LOG"]).is_absolute()
 
 
 # --- Files: read_json ------------------------------------------------------------------------------
