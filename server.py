@@ -2119,6 +2119,9 @@ SERVER_FILE = Path(__file__).resolve()  # what a worker process runs, with WORKE
 # client such as `fastmcp call` passes no environment to the server it starts.
 SETTINGS_FILE = ".env"  # in the working folder; MCP_ENV_FILE names another (empty: none)
 FILE_WORKERS = 1  # processes that parse JSON files: reads take milliseconds, and each may need much memory
+# The first database worker starts this long after the server, unless a call needs it sooner: its
+# interpreter's start would otherwise compete with the server's own for the CPU before initialize.
+WARM_UP_DELAY_S = 1.0
 DEFAULT_DATABASE = "default"  # the name of the one database of MCP_DB_PATH or DATABASE_URL
 # A name of MCP_DATABASES: short, and safe in a resource URI (schema://NAME/tables) and a log line.
 DATABASE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
@@ -2726,16 +2729,32 @@ class WorkerPool:
     @contextlib.asynccontextmanager
     async def running(self, warm: bool = False) -> AsyncIterator[WorkerPool]:
         """The pool's lifetime: the server's. Every worker is stopped when it ends."""
-        self.freed = anyio.Event()
+        self.freed, stopping = anyio.Event(), anyio.Event()
+        warming = asyncio.ensure_future(self._warm_up(stopping)) if warm else None
         try:
-            if warm:
-                self.workers.append(await self._launch())
             yield self
         finally:
+            if warming is not None:  # never cancelled: a worker it is launching gets counted, then stopped
+                stopping.set()
+                with anyio.CancelScope(shield=True):
+                    await warming
             self.freed = None  # workers still busy are stopped when their exchange ends
             for worker in [w for w in self.workers if not w.busy]:
                 self.workers.remove(worker)
                 await worker.stop()
+
+    async def _warm_up(self, stopping: anyio.Event) -> None:
+        """One worker ready before the first call, started once the server is up, unless a call came first."""
+        with anyio.move_on_after(WARM_UP_DELAY_S):
+            await stopping.wait()
+        if stopping.is_set() or self.workers or self.starting:
+            return
+        self.starting += 1
+        try:
+            worker = await self._launch()
+        finally:
+            self.starting -= 1
+        self.workers.append(worker)
 
     async def call(
         self, request: dict[str, Any], deadline: Deadline, worker_id: int | None = None
