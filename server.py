@@ -13,7 +13,8 @@ columns named in MCP_HIDE are kept from every statement the same way (SQLite: th
 PostgreSQL: the role's privileges, checked at start). Every bound holds without the statement's
 cooperation: statements, introspection and JSON parsing run in worker processes with a memory
 ceiling, which are killed and replaced when they outlive their deadline, and every answer is
-measured in the bytes of JSON it will send. With nothing configured it serves a small built-in demo.
+measured in the bytes of JSON it will send. MCP_AUDIT_LOG records every tool call, one JSON line
+each. With nothing configured it serves a small built-in demo.
 
 The file reads in two halves. The first needs only the standard library: the engines, the cell
 encoder and the loop of a worker process (`python server.py --worker`), which stops reading this
