@@ -2124,6 +2124,7 @@ FILE_WORKERS = 1  # processes that parse JSON files: reads take milliseconds, an
 # interpreter's start would otherwise compete with the server's own for the CPU before initialize.
 WARM_UP_DELAY_S = 1.0
 DEFAULT_DATABASE = "default"  # the name of the one database of MCP_DB_PATH or DATABASE_URL
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # a database given as one of these is PostgreSQL
 # A name of MCP_DATABASES: short, and safe in a resource URI (schema://NAME/tables) and a log line.
 DATABASE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 RESERVED_NAMES = {"tables"}  # schema://tables/{table} is the default database's
@@ -2208,7 +2209,7 @@ class Settings(BaseSettings):
     def _postgres_url(cls, url: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if url is None or not url.get_secret_value():
             return None
-        if not url.get_secret_value().startswith(("postgresql://", "postgres://")):
+        if not url.get_secret_value().startswith(POSTGRES_SCHEMES):
             raise ValueError("only postgresql:// URLs are supported; for SQLite set MCP_DB_PATH instead")
         if info.data.get("db_path"):
             raise ValueError("set MCP_DB_PATH (SQLite) or DATABASE_URL (PostgreSQL), not both")
@@ -2243,7 +2244,7 @@ class Settings(BaseSettings):
             where = where.get_secret_value() if isinstance(where, SecretStr) else where
             if not isinstance(where, str) or not where.strip():
                 raise ValueError(f"database {name!r} needs a SQLite file's path or a postgresql:// URL as a string")
-            postgres = where.startswith(("postgresql://", "postgres://"))
+            postgres = where.startswith(POSTGRES_SCHEMES)
             if not postgres and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", where):  # never echo it: it may hold a password
                 raise ValueError(f"database {name!r}: only SQLite paths and postgresql:// URLs are supported")
             databases[name] = where if postgres else Path(where).expanduser().resolve().as_posix()
@@ -3523,10 +3524,10 @@ def database_opening(
         "open_results": -(-settings.max_open_results // settings.pool_size),
         "result_idle_s": settings.result_idle_s,
     }
-    if not source.startswith(("postgresql://", "postgres://")):
-        config = {"path": source, "heap_limit": memory // 2, **held}
+    hide = hide_rules(settings, name, database_sources(settings))
+    if not source.startswith(POSTGRES_SCHEMES):
+        config = {"path": source, "heap_limit": memory // 2, "hide": hide, **held}
         config["exact_count_bytes"] = EXACT_COUNT_BYTES
-        config["hide"] = hide_rules(settings, name, database_sources(settings))
         return {"engine": "sqlite", "config": config, **common}, "SQLite", str(Path(source))
     try:  # imported only when a PostgreSQL URL is given: the extra is optional
         import psycopg
@@ -3535,9 +3536,8 @@ def database_opening(
             f"{SERVER_NAME}: DATABASE_URL names PostgreSQL, which needs the postgres extra:"
             " pip install 'safe-data-mcp[postgres]' (or uv run --extra postgres ...)"
         ) from None
-    url = source
     try:
-        given = psycopg.conninfo.conninfo_to_dict(url)
+        given = psycopg.conninfo.conninfo_to_dict(source)
     except psycopg.Error:  # its message can quote the password: say only what is wrong
         raise SystemExit(f"{SERVER_NAME}: bad setting {setting}: not a valid PostgreSQL URL") from None
     ms = settings.query_timeout_ms
@@ -3546,17 +3546,12 @@ def database_opening(
         " -c client_connection_check_interval=1000"  # a killed worker's backend ends within a second
     )
     conninfo = psycopg.conninfo.make_conninfo(
-        url,
+        source,
         options=f"{given['options']} {limits}" if given.get("options") else limits,
         application_name=given.get("application_name", SERVER_NAME),
     )
     label = f"PostgreSQL database {given.get('dbname', '?')} on {given.get('host', 'localhost')}"
-    config = {
-        "conninfo": conninfo,
-        "timeout_ms": ms,
-        "hide": hide_rules(settings, name, database_sources(settings)),
-        **held,
-    }
+    config = {"conninfo": conninfo, "timeout_ms": ms, "hide": hide, **held}
     return {"engine": "postgres", "config": config, **common}, "PostgreSQL", label
 
 
