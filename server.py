@@ -374,7 +374,8 @@ class SQLiteEngine:
         self.path, self.heap_limit, self.exact_count_bytes = path, heap_limit, exact_count_bytes
         self.rules = hide or []  # MCP_HIDE's rules for this database (see SQLiteHidden)
         self.hidden: SQLiteHidden | None = None  # the rules expanded against the catalog, when there are any
-        self.hidden_of: tuple | None = None  # the file and schema version they were expanded for
+        self.catalog_of: tuple | None = None  # the file and schema version the two below were read for
+        self.module_tables: frozenset[str] = frozenset()  # R-tree shadow tables (see _authorize)
         self.trusted = False  # while the engine's own introspection runs: it leaves hidden things out itself
         self.conn: sqlite3.Connection | None = None
         self.identity: tuple[int, int] | None = None
@@ -421,6 +422,12 @@ class SQLiteEngine:
         if reason:
             self.refusals.append(reason)
             return sqlite3.SQLITE_DENY
+        if action in WRITE_ACTIONS and arg1 in self.module_tables:
+            # The R-tree module prepares its own INSERT/DELETE on its shadow tables when it first opens a
+            # table, even to read it; refused, no R-tree (GeoPackage, SpatiaLite) could be read. Nothing
+            # gets written: the connection is mode=ro and query_only, and SQLite keeps ordinary
+            # statements off shadow tables.
+            return sqlite3.SQLITE_OK
         return _authorize(self.refusals, action, arg1, arg2)
 
     def _forget_connection(self) -> None:
@@ -449,10 +456,12 @@ class SQLiteEngine:
             if self.conn is None or self.identity != (info.st_dev, info.st_ino):
                 self._forget_connection()
                 self.conn, self.identity = self._open(), (info.st_dev, info.st_ino)
-            if self.rules:  # expanded again whenever the schema changed (another process's ALTER, CREATE INDEX)
-                version = (self.identity, self.conn.execute("PRAGMA schema_version").fetchone()[0])
-                if version != self.hidden_of:
-                    self.hidden, self.hidden_of = SQLiteHidden(self.conn, self.rules), version
+            # Read again whenever the schema changed (another process's ALTER, CREATE INDEX).
+            version = (self.identity, self.conn.execute("PRAGMA schema_version").fetchone()[0])
+            if version != self.catalog_of:
+                self.catalog_of, self.module_tables = version, rtree_shadow_tables(self.conn)
+                if self.rules:
+                    self.hidden = SQLiteHidden(self.conn, self.rules)
                     self._hide_view_columns(self.conn)
             self.trusted = trusted
             yield self.conn, header
@@ -705,6 +714,21 @@ def name_matches(name: str, pattern: str) -> bool:
 
 def _cost(columns: list[str]) -> int:
     return reply_cost(encode_json(columns))
+
+
+RTREE_MODULES = {"rtree", "rtree_i32", "geopoly"}
+
+
+def rtree_shadow_tables(conn: sqlite3.Connection) -> frozenset[str]:
+    """The shadow tables of the R-tree virtual tables, from their CREATE statements in sqlite_schema
+    (read directly: naming the tables would open them, which is what needs this list)."""
+    names = set()
+    rows = conn.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL%'")
+    for name, sql in rows:
+        module = re.search(r"\bUSING\s+(\w+)", sql, re.IGNORECASE)
+        if module and module.group(1).lower() in RTREE_MODULES:
+            names.update(f"{name}{suffix}" for suffix in ("_node", "_parent", "_rowid"))
+    return frozenset(names)
 
 
 def _authorize(refusals: list[str], action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:

@@ -544,6 +544,72 @@ async def test_table_named_with_quotes_is_described(tmp_path, files_root):
     assert tables["tables"][0]["row_count"] == 1
 
 
+def geopackage_like(path: Path) -> Path:
+    """A file laid out as GeoPackage does it: features, and an R-tree over their bounding boxes."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE parks (fid INTEGER PRIMARY KEY, name TEXT, geom BLOB);
+            CREATE VIRTUAL TABLE rtree_parks_geom USING rtree(id, minx, maxx, miny, maxy);
+            INSERT INTO parks VALUES (1, 'Vondelpark', x'00'), (2, 'Hyde Park', x'00'), (3, 'Stanley Park', x'00');
+            INSERT INTO rtree_parks_geom VALUES (1, 4.85, 4.88, 52.35, 52.36), (2, -0.18, -0.15, 51.50, 51.51),
+                                                (3, -123.15, -123.12, 49.29, 49.31);
+            """
+        )
+    return path
+
+
+async def test_rtree_tables_are_read_and_described(tmp_path, files_root):
+    db = geopackage_like(tmp_path / "parks.gpkg")
+    before = digest(db)
+    async with Client(create_server(Settings(db_path=db, files_root=files_root))) as client:
+        europe = await call(
+            client,
+            "query_database",
+            query="SELECT p.name FROM rtree_parks_geom r JOIN parks p ON p.fid = r.id"
+            " WHERE r.minx > ? AND r.maxx < ? ORDER BY p.name",
+            params=[-10, 30],
+        )
+        described = await call(client, "describe_table", table="rtree_parks_geom")
+        tables = {t["name"]: t for t in (await call(client, "list_tables"))["tables"]}
+    assert europe["rows"] == [["Hyde Park"], ["Vondelpark"]]
+    assert [c["name"] for c in described["columns"]] == ["id", "minx", "maxx", "miny", "maxy"]
+    assert described["row_count"] == 3 and tables["rtree_parks_geom"]["row_count"] == 3
+    assert digest(db) == before
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO rtree_parks_geom_node VALUES (9, x'00')",
+        "DELETE FROM rtree_parks_geom_rowid",
+        "UPDATE rtree_parks_geom_parent SET parentnode = 0",
+        "INSERT INTO rtree_parks_geom VALUES (4, 0, 1, 0, 1)",
+        "DELETE FROM rtree_parks_geom",
+    ],
+)
+async def test_rtree_shadow_tables_stay_unwritable(tmp_path, files_root, statement):
+    # The module's own statements on its shadow tables are allowed to prepare; a caller's still write nothing.
+    db = geopackage_like(tmp_path / "parks.gpkg")
+    before = digest(db)
+    async with Client(create_server(Settings(db_path=db, files_root=files_root))) as client:
+        await call(client, "query_database", query="SELECT count(*) FROM rtree_parks_geom")  # the module is open
+        message = await error_of(client, "query_database", query=statement)
+        after = await call(client, "query_database", query="SELECT count(*) FROM rtree_parks_geom")
+    assert re.search(r"read-only|readonly|may not be modified|only read", message), message
+    assert after["rows"] == [[3]] and digest(db) == before
+
+
+async def test_an_rtree_made_while_serving_is_read(db_path, files_root):
+    async with Client(create_server(Settings(db_path=db_path, files_root=files_root))) as client:
+        await call(client, "query_database", query="SELECT count(*) FROM books")  # the connection is open
+        with sqlite3.connect(db_path) as conn:
+            conn.execute("CREATE VIRTUAL TABLE book_spans USING rtree_i32(id, first, last)")
+            conn.execute("INSERT INTO book_spans VALUES (1, 1969, 1974)")
+        spans = await call(client, "query_database", query="SELECT id FROM book_spans WHERE first < 1970")
+    assert spans["rows"] == [[1]]
+
+
 async def test_schema_resources_list(make_server):
     async with Client(make_server()) as client:
         resources = {str(r.uri) for r in await client.list_resources()}
