@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,11 @@ def shop_database(path: Path) -> Path:
 
 
 def clean_environment(**settings: str) -> dict[str, str]:
-    """What an installer's launch sees: the machine's PATH and HOME, no MCP_* from the test run, the settings."""
-    keep = ("PATH", "HOME", "TMPDIR", "LANG", "UV_CACHE_DIR", "XDG_CACHE_HOME", "SYSTEMROOT")
-    return {name: os.environ[name] for name in keep if name in os.environ} | settings
+    """What an installer's launch sees: the machine's environment (PATH, certificates, proxies, caches)
+    without this test run's virtual environment or MCP_* settings, and then the given settings."""
+    run_only = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_PROJECT_ENVIRONMENT")
+    machine = {k: v for k, v in os.environ.items() if not k.startswith("MCP_") and k not in run_only}
+    return machine | settings
 
 
 async def launched(command: str, args: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
@@ -71,3 +74,88 @@ async def test_a_checkout_runs_with_python(tmp_path):
     served = await launched(PYTHON, [str(HERE / "server.py")], env, cwd=tmp_path)
     assert "query_database" in served["tools"] and served["rows"] == [["Ada"], ["Kofi"]]
     assert served["settings"]["max_rows"] == 2
+
+
+# --- uvx: the server without a clone --------------------------------------------------------------
+
+
+async def test_uvx_runs_a_checkout_from_another_folder(tmp_path):
+    uvx = needs("uvx")
+    database = shop_database(tmp_path / "shop.db")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = clean_environment(MCP_DB_PATH=str(database), MCP_MAX_ROWS="2")
+    served = await launched(uvx, ["--from", str(HERE), "safe-data-mcp"], env, cwd=elsewhere)
+    assert "query_database" in served["tools"] and served["rows"] == [["Ada"], ["Kofi"]]
+    assert served["settings"]["max_rows"] == 2 and not list(elsewhere.iterdir())  # nothing left behind
+
+
+async def test_uvx_runs_a_git_url(tmp_path):
+    uvx = needs("uvx")
+    if subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("this copy is not a git checkout: run the tests from a clone to try a git+file:// URL")
+    database = shop_database(tmp_path / "shop.db")
+    env = clean_environment(MCP_DB_PATH=str(database), MCP_QUERY_TIMEOUT_MS="4000")
+    served = await launched(uvx, ["--from", f"git+{HERE.resolve().as_uri()}", "safe-data-mcp"], env, cwd=tmp_path)
+    assert served["rows"] == [["Ada"], ["Kofi"], ["Mei"]] and served["settings"]["query_timeout_ms"] == 4000
+
+
+# --- FastMCP's installers: the configuration each writes launches the server with its settings ------
+
+
+def fastmcp_install(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [PYTHON, "-m", "fastmcp.cli", "install", *args]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=120, env=clean_environment())
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+async def launch_entry(entry: dict[str, Any], cwd: Path) -> dict[str, Any]:
+    """Launch one mcpServers entry as a client does: its command, its arguments, its env over the machine's."""
+    return await launched(entry["command"], entry["args"], clean_environment(**entry.get("env", {})), cwd=cwd)
+
+
+async def test_fastmcp_mcp_json_launches_the_server_with_settings(tmp_path):
+    needs("uv")
+    database = shop_database(tmp_path / "shop.db")
+    env_file = tmp_path / "settings.env"
+    env_file.write_text(f"MCP_DB_PATH={database}\nMCP_MAX_ROWS=2\n")
+    done = fastmcp_install(
+        "mcp-json", str(HERE / "server.py"), "--project", str(HERE), "--name", "shop",
+        "--env-file", str(env_file), "--env", "MCP_QUERY_TIMEOUT_MS=4000", cwd=tmp_path,
+    )  # fmt: skip
+    entry = json.loads(done.stdout)["shop"]
+    assert entry["env"] == {"MCP_DB_PATH": str(database), "MCP_MAX_ROWS": "2", "MCP_QUERY_TIMEOUT_MS": "4000"}
+    served = await launch_entry(entry, cwd=tmp_path)
+    assert served["rows"] == [["Ada"], ["Kofi"]]
+    assert served["settings"]["max_rows"] == 2 and served["settings"]["query_timeout_ms"] == 4000
+
+
+async def test_fastmcp_install_claude_desktop_writes_a_working_entry(tmp_path):
+    needs("uv")
+    database = shop_database(tmp_path / "shop.db")
+    desktop = tmp_path / "Claude"  # Claude Desktop's configuration folder
+    desktop.mkdir()
+    (desktop / "claude_desktop_config.json").write_text(json.dumps({"mcpServers": {"other": {"command": "x"}}}))
+    fastmcp_install(
+        "claude-desktop", str(HERE / "server.py"), "--project", str(HERE), "--name", "shop",
+        "--config-path", str(desktop), "--env", f"MCP_DB_PATH={database}", cwd=tmp_path,
+    )  # fmt: skip
+    servers = json.loads((desktop / "claude_desktop_config.json").read_text())["mcpServers"]
+    assert set(servers) == {"other", "shop"}  # the user's other servers are kept
+    served = await launch_entry(servers["shop"], cwd=tmp_path)
+    assert served["rows"] == [["Ada"], ["Kofi"], ["Mei"]]
+
+
+async def test_fastmcp_install_cursor_writes_a_working_workspace_entry(tmp_path):
+    needs("uv")
+    database = shop_database(tmp_path / "shop.db")
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    fastmcp_install(
+        "cursor", str(HERE / "server.py"), "--project", str(HERE), "--name", "shop",
+        "--workspace", str(workspace), "--env", f"MCP_DB_PATH={database}", "--env", "MCP_MAX_ROWS=1", cwd=tmp_path,
+    )  # fmt: skip
+    entry = json.loads((workspace / ".cursor" / "mcp.json").read_text())["mcpServers"]["shop"]
+    served = await launch_entry(entry, cwd=workspace)
+    assert served["rows"] == [["Ada"]] and served["settings"]["max_rows"] == 1
