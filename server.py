@@ -3579,6 +3579,11 @@ def database_opening(
     return {"engine": "postgres", "config": config, **common}, "PostgreSQL", label
 
 
+# How often a database found unusable is looked at again, when a call asks for it: a restored file or a
+# granted login then serves without a restart, and a caller that keeps asking costs one check per period.
+RECHECK_S = 10.0
+
+
 @dataclasses.dataclass
 class Database:
     """One database the server serves, by name: its workers, and why it cannot be used when the start
@@ -3589,6 +3594,7 @@ class Database:
     dialect: str
     label: str  # for the log and the settings resource: a path, or a PostgreSQL database and host
     unavailable: str | None = None  # for clients: names no path, host or role
+    found_at: float = 0.0  # when `unavailable` was last found (time.monotonic)
 
 
 class DataService:
@@ -3641,6 +3647,18 @@ class DataService:
             raise ToolError(f"no database named {name!r}; the databases are: {', '.join(self.databases)}")
         return self.databases[name]
 
+    async def still_unavailable(self, database: Database) -> str | None:
+        """Why a database cannot be used, if it cannot; one found unusable is looked at again when a call
+        asks for it, at most every RECHECK_S."""
+        if database.unavailable and time.monotonic() - database.found_at >= RECHECK_S:
+            database.found_at = time.monotonic()
+            prefix = f"database {database.name!r}: "
+            problem = await anyio.to_thread.run_sync(database_problem, database.pool.opening, prefix)
+            if problem is None:
+                log.info("database %r of MCP_DATABASES is available now", database.name)
+            database.unavailable = problem[1] if problem else None
+        return database.unavailable
+
     async def on_database(
         self,
         ctx: Context | None,
@@ -3653,7 +3671,7 @@ class DataService:
         database = database or self.default
         notes = AUDIT_NOTES.get({})  # the database the call read; "*" when it read several
         notes["database"] = database.name if notes.get("database") in (None, database.name) else "*"
-        if database.unavailable:
+        if await self.still_unavailable(database):
             raise ToolError(
                 f"database {database.name!r} is unavailable: {database.unavailable}; the server's log says more,"
                 " and the other databases answer as usual"
@@ -3841,7 +3859,7 @@ class DataService:
         """Every database with its engine and number of tables and views, or why it cannot answer now."""
         found = []
         for each in self.databases.values():
-            count, why = None, each.unavailable
+            count, why = None, await self.still_unavailable(each)
             if why is None:
                 try:
                     reply, _ = await self.on_database(None, {"op": "table_names"}, database=each)
@@ -3931,7 +3949,7 @@ def check_databases(settings: Settings, service: DataService) -> None:
             name = next((n for n in urls if n in given_settings()), urls[0]) if settings.database_url else "MCP_DB_PATH"
             raise SystemExit(f"{SERVER_NAME}: bad setting {name}: {detail}")
         log.warning("database %r of MCP_DATABASES is unavailable: %s", database.name, detail)
-        database.unavailable = reason
+        database.unavailable, database.found_at = reason, time.monotonic()
 
 
 def database_problem(opening: dict[str, Any], prefix: str = "") -> tuple[str, str] | None:

@@ -929,6 +929,18 @@ async def test_a_bad_database_stops_only_itself(make_several, broken, scratch):
     assert not (scratch / "gone.db").exists()  # never created
 
 
+async def test_a_database_fixed_while_serving_is_served(make_several, broken, shop_path, monkeypatch):
+    async with Client(make_several({"library": broken["library"], "gone": broken["gone"]})) as client:
+        before = await error_of(client, "query_database", query="SELECT 1", database="gone")
+        shutil.copy(shop_path, broken["gone"])  # the file is restored
+        soon = await error_of(client, "query_database", query="SELECT 1", database="gone")
+        monkeypatch.setattr(server, "RECHECK_S", 0.0)  # as when RECHECK_S has passed
+        after = await call(client, "query_database", query="SELECT count(*) FROM customers", database="gone")
+        listed = await call(client, "list_databases")
+    assert "database 'gone' is unavailable" in before and "database 'gone' is unavailable" in soon
+    assert after["rows"] == [[2]] and [d["unavailable"] for d in listed["databases"]] == [None, None]
+
+
 async def test_a_bad_default_database_leaves_the_others_serving(make_several, broken):
     async with Client(make_several({"gone": broken["gone"], "shop": broken["shop"]})) as client:
         default = await error_of(client, "query_database", query="SELECT 1")
@@ -985,9 +997,9 @@ def test_a_bad_databases_setting_stops_the_start_with_one_line(db_path, files_ro
     assert "s3cret" not in result.stderr
 
 
-def test_the_readme_desktop_example_of_several_databases_is_valid(files_root):
-    readme = (HERE / "README.md").read_text()
-    blocks = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, re.DOTALL)]
+def test_the_desktop_example_of_several_databases_is_valid(files_root):
+    page = (HERE / "docs" / "databases.md").read_text()
+    blocks = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", page, re.DOTALL)]
     env = next(b["mcpServers"]["safe-data"]["env"] for b in blocks if "MCP_DATABASES" in json.dumps(b))
     settings = Settings(databases=env["MCP_DATABASES"], files_root=files_root, hide=env["MCP_HIDE"])
     assert list(settings.databases) == ["shop", "crm"]
