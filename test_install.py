@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -159,3 +160,45 @@ async def test_fastmcp_install_cursor_writes_a_working_workspace_entry(tmp_path)
     entry = json.loads((workspace / ".cursor" / "mcp.json").read_text())["mcpServers"]["shop"]
     served = await launch_entry(entry, cwd=workspace)
     assert served["rows"] == [["Ada"]] and served["settings"]["max_rows"] == 1
+
+
+# --- The documentation's entries: they parse, and the ones a user copies launch ----------------------
+
+
+def json_blocks(page: Path) -> list[Any]:
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", page.read_text(), re.DOTALL)]
+
+
+def test_every_json_example_in_the_docs_parses():
+    pages = [HERE / "README.md", *sorted((HERE / "docs").glob("*.md"))]
+    parsed = {page.name: json_blocks(page) for page in pages}  # json.loads raises on a broken example
+    assert parsed["README.md"] and parsed["install.md"]
+    servers = json.loads((HERE / "claude_desktop_config.example.json").read_text())["mcpServers"]
+    assert all(set(entry) <= {"command", "args", "env"} for entry in servers.values())
+
+
+def with_this_checkout(entry: dict[str, Any], database: Path, files: Path) -> dict[str, Any]:
+    """A documented entry with its placeholders filled in: this checkout's git URL, a real database and folder."""
+    program = Path(entry["command"]).name.removesuffix(".exe")
+    args = [arg.replace("git+<repository URL>", f"git+{HERE.resolve().as_uri()}") for arg in entry["args"]]
+    env = {name: str(database) if name == "MCP_DB_PATH" else value for name, value in entry.get("env", {}).items()}
+    if "MCP_FILES_ROOT" in env:
+        env["MCP_FILES_ROOT"] = str(files)
+    return {"command": needs(program), "args": args, "env": env}
+
+
+@pytest.mark.parametrize("source", ["README.md", "claude_desktop_config.example.json"])
+async def test_the_documented_uvx_entry_launches(tmp_path, source):
+    if subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("this copy is not a git checkout: run the tests from a clone to try a git+file:// URL")
+    if source == "README.md":
+        blocks = json_blocks(HERE / source)
+        entry = next(b["mcpServers"]["safe-data"] for b in blocks if "uvx" in json.dumps(b))
+    else:
+        entry = json.loads((HERE / source).read_text())["mcpServers"]["my-shop-data"]
+    files = tmp_path / "exports"
+    files.mkdir()
+    filled = with_this_checkout(entry, shop_database(tmp_path / "shop.db"), files)
+    served = await launched(filled["command"], filled["args"], clean_environment(**filled["env"]), cwd=tmp_path)
+    assert served["rows"][:2] == [["Ada"], ["Kofi"]]
+    assert served["settings"]["files_root"] == str(files)
