@@ -2160,7 +2160,11 @@ RESERVED_NAMES = {"tables"}  # schema://tables/{table} is the default database's
 class Settings(BaseSettings):
     """Everything a deployment can change, read from `MCP_*` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="MCP_", env_file_encoding="utf-8", extra="ignore")
+    # env_ignore_empty: an installer that fills in a form (the Claude Desktop bundle) passes a setting left
+    # blank as an empty variable, which must mean unset: an empty MCP_FILES_ROOT would serve the working folder.
+    model_config = SettingsConfigDict(
+        env_prefix="MCP_", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
     db_path: Path | None = Field(None, description="SQLite database to serve (demo when unset)")
     files_root: Path | None = Field(None, description="Folder of JSON files (demo when unset)")

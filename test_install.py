@@ -11,6 +11,8 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +51,14 @@ def shop_database(path: Path) -> Path:
 
 
 def clean_environment(**settings: str) -> dict[str, str]:
-    """What an installer's launch sees: the machine's environment (PATH, certificates, proxies, caches)
-    without this test run's virtual environment or MCP_* settings, and then the given settings."""
+    """What an installer's launch sees: the machine's environment (its certificates, proxies and package
+    caches, which uv needs to reach the index) without any trace of this test run's virtual environment
+    or MCP_* settings, and then the given settings."""
     run_only = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_PROJECT_ENVIRONMENT")
     machine = {k: v for k, v in os.environ.items() if not k.startswith("MCP_") and k not in run_only}
+    own_venv = (HERE / ".venv").resolve()
+    paths = machine.get("PATH", os.defpath).split(os.pathsep)
+    machine["PATH"] = os.pathsep.join(p for p in paths if p and not Path(p).resolve().is_relative_to(own_venv))
     return machine | settings
 
 
@@ -75,6 +81,144 @@ async def test_a_checkout_runs_with_python(tmp_path):
     served = await launched(PYTHON, [str(HERE / "server.py")], env, cwd=tmp_path)
     assert "query_database" in served["tools"] and served["rows"] == [["Ada"], ["Kofi"]]
     assert served["settings"]["max_rows"] == 2
+
+
+# --- Claude Desktop bundle -------------------------------------------------------------------------
+# manifest.json and .mcpbignore make the bundle; the README gives the one command that packs it with this
+# version of the official CLI (the same as MCPB_CLI below).
+
+MCPB_CLI = "@anthropic-ai/mcpb@2.1.2"
+BUNDLE_FILES = {"manifest.json", "server.py", "pyproject.toml", "uv.lock", "README.md"}
+
+
+@pytest.fixture(scope="module")
+def mcpb(tmp_path_factory) -> list[str]:
+    """The official MCPB CLI, installed once for these tests (npm keeps its own download cache)."""
+    node, npm = needs("node"), needs("npm")
+    prefix = tmp_path_factory.mktemp("mcpb-cli")
+    subprocess.run(
+        [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--loglevel=error", MCPB_CLI],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return [node, str(prefix / "node_modules" / "@anthropic-ai" / "mcpb" / "dist" / "cli" / "cli.js")]
+
+
+def run_mcpb(mcpb: list[str], *args: str, cwd: Path = HERE) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*mcpb, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def bundle(mcpb, tmp_path_factory) -> Path:
+    """The .mcpb that the README's pack command makes from this checkout."""
+    output = tmp_path_factory.mktemp("dist") / "safe-data-mcp.mcpb"
+    packed = run_mcpb(mcpb, "pack", str(HERE), str(output))
+    assert packed.returncode == 0, packed.stdout + packed.stderr
+    return output
+
+
+def installed(bundle: Path, folder: Path) -> Path:
+    """Unpack the bundle into a folder of its own, as Claude Desktop does when a user installs it."""
+    with zipfile.ZipFile(bundle) as archive:
+        archive.extractall(folder)
+    return folder
+
+
+def desktop_config(manifest: dict[str, Any], folder: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's mcp_config with the placeholders replaced as Claude Desktop replaces them: the bundle's
+    folder, the user's folders, and each user_config value, the user's or else its default. A value with
+    neither stays the literal `${user_config.NAME}`, as Desktop leaves it (so every optional field needs a
+    default)."""
+    given = {name: option["default"] for name, option in manifest["user_config"].items() if "default" in option}
+    given |= values
+    variables = {"__dirname": str(folder), "HOME": str(Path.home()), "/": os.sep, "pathSeparator": os.sep}
+    variables |= {f"user_config.{name}": str(value) for name, value in given.items()}
+
+    def substitute(text: str) -> str:
+        return re.sub(r"\$\{([^}]+)\}", lambda m: variables.get(m.group(1), m.group(0)), text)
+
+    config = manifest["server"]["mcp_config"]
+    return {
+        "command": substitute(config["command"]),
+        "args": [substitute(arg) for arg in config.get("args", [])],
+        "env": {name: substitute(value) for name, value in config.get("env", {}).items()},
+    }
+
+
+def launch_environment(env: dict[str, str]) -> dict[str, str]:
+    """Desktop's environment for the server, with the Python minor version pinned to this test run's, whose
+    wheels `uv sync` has already put in uv's cache."""
+    return clean_environment(**env) | {"UV_PYTHON": f"{sys.version_info.major}.{sys.version_info.minor}"}
+
+
+def test_the_bundle_manifest_passes_the_official_validation(mcpb):
+    checked = run_mcpb(mcpb, "validate", str(HERE / "manifest.json"))
+    assert checked.returncode == 0 and "validation passes" in checked.stdout, checked.stdout + checked.stderr
+
+
+def test_a_manifest_with_a_mistake_fails_the_validation(mcpb, tmp_path):
+    manifest = json.loads((HERE / "manifest.json").read_text())
+    manifest["user_config"]["max_rows"]["type"] = "integer"  # the format knows only number
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    checked = run_mcpb(mcpb, "validate", str(tmp_path / "manifest.json"))
+    assert checked.returncode != 0 and "user_config.max_rows.type" in checked.stdout, checked.stdout
+
+
+def test_the_bundle_holds_only_what_the_server_needs(bundle):
+    with zipfile.ZipFile(bundle) as archive:
+        assert set(archive.namelist()) == BUNDLE_FILES
+
+
+def test_the_manifest_matches_the_server(tmp_path):
+    manifest = json.loads((HERE / "manifest.json").read_text())
+    assert manifest["version"] == tomllib.loads((HERE / "pyproject.toml").read_text())["project"]["version"]
+    env = manifest["server"]["mcp_config"]["env"]
+    url_field = re.fullmatch(r"\$\{user_config\.(\w+)\}", env["MCP_DATABASE_URL"]).group(1)
+    assert manifest["user_config"][url_field]["sensitive"] is True  # Desktop keeps it in the OS keychain
+    # The bounds the form enforces are the bounds the server accepts.
+    from server import Settings
+
+    for variable, field in (("MCP_MAX_ROWS", "max_rows"), ("MCP_QUERY_TIMEOUT_MS", "query_timeout_ms")):
+        option = manifest["user_config"][re.fullmatch(r"\$\{user_config\.(\w+)\}", env[variable]).group(1)]
+        bounds = {type(m).__name__: m for m in Settings.model_fields[field].metadata}
+        assert (option["min"], option["max"]) == (bounds["Ge"].ge, bounds["Le"].le)
+        assert option["default"] == Settings.model_fields[field].default
+
+
+async def test_the_installed_bundle_serves_the_users_settings(bundle, tmp_path):
+    folder = installed(bundle, tmp_path / "Claude Extensions" / "safe-data-mcp")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    database = shop_database(tmp_path / "shop.db")
+    exports = tmp_path / "shop-exports"
+    exports.mkdir()
+    values = {"sqlite_file": database, "files_folder": exports, "max_rows": 2}
+    config = desktop_config(manifest, folder, values)  # Desktop runs its own uv, whatever the command says
+    assert not [v for v in [*config["args"], *config["env"].values()] if "${" in v], config  # all substituted
+    served = await launched(needs(config["command"]), config["args"], launch_environment(config["env"]), folder)
+    assert served["tools"] == sorted(tool["name"] for tool in manifest["tools"])
+    assert served["rows"] == [["Ada"], ["Kofi"]]
+    settings = served["settings"]
+    assert (settings["db_path"], settings["files_root"]) == (str(database), str(exports))
+    assert (settings["max_rows"], settings["query_timeout_ms"]) == (2, 5000)
+    assert not settings["demo"] and settings["database_url"] == "unset"
+    assert (folder / ".venv").is_dir()  # uv built the bundle's own environment, not this checkout's
+
+
+async def test_the_installed_bundle_left_blank_serves_the_demo(bundle, tmp_path):
+    folder = installed(bundle, tmp_path / "Claude Extensions" / "safe-data-mcp")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    config = desktop_config(manifest, folder, {})  # the user fills in nothing
+    assert not [v for v in [*config["args"], *config["env"].values()] if "${" in v], config  # all substituted
+    assert config["env"]["MCP_DB_PATH"] == "" and config["env"]["MCP_FILES_ROOT"] == ""
+    served = await launched(needs(config["command"]), config["args"], launch_environment(config["env"]), folder)
+    settings = served["settings"]
+    assert (settings["demo"], settings["database_url"], settings["settings_file"]) == (
+        ["database", "files"],
+        "unset",
+        None,
+    )
+    assert len(served["rows"]) == 60 and settings["max_rows"] == 1000  # the whole demo: a page of the default size
 
 
 # --- uvx: the server without a clone --------------------------------------------------------------
