@@ -9,12 +9,17 @@ import os
 import shutil
 import sqlite3
 import sys
+import tomllib
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
+from pydantic import SecretStr
 
 HERE = Path(__file__).parent
 PYTHON = sys.executable
@@ -71,3 +76,79 @@ async def test_a_checkout_runs_with_python(tmp_path):
     served = await launched(PYTHON, [str(HERE / "server.py")], env, cwd=tmp_path)
     assert "query_database" in served["tools"] and served["rows"] == [["Ada"], ["Kofi"]]
     assert served["settings"]["max_rows"] == 2
+
+
+# --- Registry entry: server.json for the official MCP registry ---------------------------------------
+
+SERVER_JSON = HERE / "server.json"
+SCHEMAS = "https://static.modelcontextprotocol.io/schemas/"  # where the registry publishes its schemas
+MAIN_SETTINGS = ["MCP_DB_PATH", "MCP_DATABASE_URL", "MCP_FILES_ROOT", "MCP_MAX_ROWS", "MCP_QUERY_TIMEOUT_MS"]
+
+
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((HERE / "pyproject.toml").read_text())
+
+
+def registry_errors(entry: dict[str, Any]) -> list[str]:
+    """What the registry's schema finds wrong with a server.json: the schema its `$schema` names, read
+    from schemas/ (vendored there, see schemas/README.md: CI cannot reach the registry's site)."""
+    url = entry.get("$schema", "")
+    assert url.startswith(SCHEMAS), f"$schema {url!r} is not one of the registry's schemas"
+    schema = json.loads((HERE / "schemas" / url.removeprefix(SCHEMAS)).read_text())
+    assert schema["$id"] == url, "the vendored schema is another version than $schema names"
+    checker = jsonschema.validators.validator_for(schema)
+    checker.check_schema(schema)
+    errors = checker(schema, format_checker=checker.FORMAT_CHECKER).iter_errors(entry)
+    return sorted(f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}" for error in errors)
+
+
+def test_server_json_is_valid_against_the_registry_schema():
+    assert registry_errors(json.loads(SERVER_JSON.read_text())) == []
+
+
+def broken(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+    entry = json.loads(SERVER_JSON.read_text())
+    change(entry)
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda entry: entry.update(name="safe-data-mcp"), "name"),  # no namespace/ part
+        (lambda entry: entry.update(description="x" * 101), "description"),  # the registry's cap is 100
+        (lambda entry: entry.pop("version"), "(top)"),
+        (lambda entry: entry["packages"][0].update(version="latest"), "packages/0/version"),
+        (lambda entry: entry["packages"][0].pop("identifier"), "packages/0"),
+        (lambda entry: entry["packages"][0].update(transport={"type": "tcp"}), "packages/0/transport"),
+        (lambda entry: entry["packages"][0]["environmentVariables"][0].pop("name"), "environmentVariables/0"),
+        (lambda entry: entry["packages"][0]["environmentVariables"][1].update(isSecret="yes"), "isSecret"),
+    ],
+    ids=["name", "description", "version", "package-version", "identifier", "transport", "env-name", "secret"],
+)
+def test_a_broken_server_json_fails_the_registry_schema(change, where):
+    errors = registry_errors(broken(change))
+    assert errors and any(where in error for error in errors), errors
+
+
+def test_server_json_agrees_with_pyproject_and_the_settings():
+    from server import SERVER_VERSION, Settings
+
+    entry, project = json.loads(SERVER_JSON.read_text()), pyproject()["project"]
+    (package,) = entry["packages"]
+    assert entry["version"] == package["version"] == project["version"] == SERVER_VERSION
+    assert (package["registryType"], package["identifier"], package["runtimeHint"]) == ("pypi", project["name"], "uvx")
+    assert project["name"] in project["scripts"], "uvx runs the script named like the package"
+    variables = {variable["name"]: variable for variable in package["environmentVariables"]}
+    assert list(variables) == MAIN_SETTINGS
+    for name, variable in variables.items():
+        field = Settings.model_fields[name.removeprefix("MCP_").lower()]
+        kinds = typing.get_args(field.annotation) or (field.annotation,)
+        assert variable.get("isSecret", False) == (SecretStr in kinds), name
+        assert (variable["format"] == "filepath") == (Path in kinds), name
+        assert (variable["format"] == "number") == (int in kinds), name
+        assert variable.get("default") == (None if field.default is None else str(field.default)), name
+        low = next((m.ge for m in field.metadata if hasattr(m, "ge")), None)
+        high = next((m.le for m in field.metadata if hasattr(m, "le")), None)
+        if (low, high) != (None, None):
+            assert f"({low} to {high})" in variable["description"], f"{name} takes {low} to {high}"
