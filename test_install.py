@@ -9,6 +9,7 @@ import fnmatch
 import http.client
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -160,6 +161,16 @@ def test_server_json_agrees_with_pyproject_and_the_settings():
         high = next((m.le for m in field.metadata if hasattr(m, "le")), None)
         if (low, high) != (None, None):
             assert f"({low} to {high})" in variable["description"], f"{name} takes {low} to {high}"
+
+
+def test_the_readme_proves_the_pypi_package_is_this_servers():
+    """The registry accepts a PyPI package only if its description, the README here, holds
+    `mcp-name: NAME` with server.json's name, followed by a space, a newline or the comment's end."""
+    name = json.loads(SERVER_JSON.read_text())["name"]
+    assert pyproject()["project"]["readme"] == "README.md"
+    assert re.search(rf"mcp-name: {re.escape(name)}(?=\s|<|$)", (HERE / "README.md").read_text()), (
+        f"README.md needs the line <!-- mcp-name: {name} --> for the registry's ownership check"
+    )
 
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:
