@@ -1,13 +1,17 @@
 # The server over streamable HTTP, for a deployment that clients reach over the network.
 #
 #   docker build -t safe-data-mcp .
-#   docker run --rm -p 127.0.0.1:8000:8000 -e MCP_AUTH_TOKEN="$(openssl rand -hex 32)" \
-#       -v "$PWD/data:/data:ro" -e MCP_DB_PATH=/data/shop.db -e MCP_FILES_ROOT=/data safe-data-mcp
+#   export MCP_AUTH_TOKEN=$(openssl rand -hex 32)
+#   docker run --rm -p 127.0.0.1:8000:8000 -e MCP_AUTH_TOKEN -v "$PWD/data:/data:ro" \
+#       -e MCP_DB_PATH=/data/shop.db -e MCP_FILES_ROOT=/data safe-data-mcp
 #
 # Inside the container it listens on 0.0.0.0, which the server refuses without MCP_AUTH_TOKEN: a run
 # without one stops at once and says so. Clients send `Authorization: Bearer <token>` to /mcp.
 # Arguments after the image name are added to the command: `--stateless`, or `--port 9000`.
 # One image serves SQLite and PostgreSQL (MCP_DATABASE_URL): the postgres extra is installed.
+# A SQLite database in WAL mode cannot be opened from a read-only mount (SQLite needs to create its
+# -shm file beside it): mount its folder without :ro, writable by uid 10001, or switch the database
+# to PRAGMA journal_mode=DELETE.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
