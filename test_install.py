@@ -4,21 +4,32 @@ with FastMCP's own client."""
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import http.client
 import json
 import os
 import re
+import secrets
+import shlex
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import tomllib
+import typing
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from fastmcp import Client
-from fastmcp.client.transports import StdioTransport
+from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
+from pydantic import SecretStr
 
 HERE = Path(__file__).parent
 PYTHON = sys.executable
@@ -346,3 +357,311 @@ async def test_the_documented_uvx_entry_launches(tmp_path, source):
     served = await launched(filled["command"], filled["args"], clean_environment(**filled["env"]), cwd=tmp_path)
     assert served["rows"][:2] == [["Ada"], ["Kofi"]]
     assert served["settings"]["files_root"] == str(files)
+
+
+# --- Registry entry: server.json for the official MCP registry, and the Dockerfile -------------------
+
+SERVER_JSON = HERE / "server.json"
+SCHEMAS = "https://static.modelcontextprotocol.io/schemas/"  # where the registry publishes its schemas
+MAIN_SETTINGS = ["MCP_DB_PATH", "MCP_DATABASE_URL", "MCP_FILES_ROOT", "MCP_MAX_ROWS", "MCP_QUERY_TIMEOUT_MS"]
+
+
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((HERE / "pyproject.toml").read_text())
+
+
+def registry_errors(entry: dict[str, Any]) -> list[str]:
+    """What the registry's schema finds wrong with a server.json: the schema its `$schema` names, read
+    from schemas/ (vendored there, see schemas/README.md: CI cannot reach the registry's site)."""
+    url = entry.get("$schema", "")
+    assert url.startswith(SCHEMAS), f"$schema {url!r} is not one of the registry's schemas"
+    schema = json.loads((HERE / "schemas" / url.removeprefix(SCHEMAS)).read_text())
+    assert schema["$id"] == url, "the vendored schema is another version than $schema names"
+    checker = jsonschema.validators.validator_for(schema)
+    checker.check_schema(schema)
+    errors = checker(schema, format_checker=checker.FORMAT_CHECKER).iter_errors(entry)
+    return sorted(f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}" for error in errors)
+
+
+def test_server_json_is_valid_against_the_registry_schema():
+    assert registry_errors(json.loads(SERVER_JSON.read_text())) == []
+
+
+def broken(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+    entry = json.loads(SERVER_JSON.read_text())
+    change(entry)
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda entry: entry.update(name="safe-data-mcp"), "name"),  # no namespace/ part
+        (lambda entry: entry.update(description="x" * 101), "description"),  # the registry's cap is 100
+        (lambda entry: entry.pop("version"), "(top)"),
+        (lambda entry: entry["packages"][0].update(version="latest"), "packages/0/version"),
+        (lambda entry: entry["packages"][0].pop("identifier"), "packages/0"),
+        (lambda entry: entry["packages"][0].update(transport={"type": "tcp"}), "packages/0/transport"),
+        (lambda entry: entry["packages"][0]["environmentVariables"][0].pop("name"), "environmentVariables/0"),
+        (lambda entry: entry["packages"][0]["environmentVariables"][1].update(isSecret="yes"), "isSecret"),
+    ],
+    ids=["name", "description", "version", "package-version", "identifier", "transport", "env-name", "secret"],
+)
+def test_a_broken_server_json_fails_the_registry_schema(change, where):
+    errors = registry_errors(broken(change))
+    assert errors and any(where in error for error in errors), errors
+
+
+def test_server_json_agrees_with_pyproject_and_the_settings():
+    from server import SERVER_VERSION, Settings
+
+    entry, project = json.loads(SERVER_JSON.read_text()), pyproject()["project"]
+    (package,) = entry["packages"]
+    assert entry["version"] == package["version"] == project["version"] == SERVER_VERSION
+    assert (package["registryType"], package["identifier"], package["runtimeHint"]) == ("pypi", project["name"], "uvx")
+    assert project["name"] in project["scripts"], "uvx runs the script named like the package"
+    variables = {variable["name"]: variable for variable in package["environmentVariables"]}
+    assert list(variables) == MAIN_SETTINGS
+    for name, variable in variables.items():
+        field = Settings.model_fields[name.removeprefix("MCP_").lower()]
+        kinds = typing.get_args(field.annotation) or (field.annotation,)
+        assert variable.get("isSecret", False) == (SecretStr in kinds), name
+        assert (variable["format"] == "filepath") == (Path in kinds), name
+        assert (variable["format"] == "number") == (int in kinds), name
+        assert variable.get("default") == (None if field.default is None else str(field.default)), name
+        low = next((m.ge for m in field.metadata if hasattr(m, "ge")), None)
+        high = next((m.le for m in field.metadata if hasattr(m, "le")), None)
+        if (low, high) != (None, None):
+            assert f"({low} to {high})" in variable["description"], f"{name} takes {low} to {high}"
+
+
+def test_the_readme_proves_the_pypi_package_is_this_servers():
+    """The registry accepts a PyPI package only if its description, the README here, holds
+    `mcp-name: NAME` with server.json's name, followed by a space, a newline or the comment's end."""
+    name = json.loads(SERVER_JSON.read_text())["name"]
+    assert pyproject()["project"]["readme"] == "README.md"
+    assert re.search(rf"mcp-name: {re.escape(name)}(?=\s|<|$)", (HERE / "README.md").read_text()), (
+        f"README.md needs the line <!-- mcp-name: {name} --> for the registry's ownership check"
+    )
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions, as (KEYWORD, arguments) in each build stage: comments dropped,
+    continued lines joined (the ARG before the first FROM belongs to no stage)."""
+    stages: list[list[tuple[str, str]]] = []
+    instruction = ""
+    for line in (HERE / "Dockerfile").read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        instruction += line.removesuffix("\\") + " "
+        if line.endswith("\\") or not instruction.strip():
+            continue
+        keyword, _, arguments = instruction.strip().partition(" ")
+        if keyword.upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((keyword.upper(), arguments.strip()))
+        instruction = ""
+    return stages
+
+
+def image_settings(stage: list[tuple[str, str]]) -> dict[str, str]:
+    """A stage's ENV, every `NAME=value` of every ENV line."""
+    return dict(
+        pair.partition("=")[::2] for keyword, arguments in stage if keyword == "ENV" for pair in shlex.split(arguments)
+    )
+
+
+def image_command() -> list[str]:
+    """What the image runs: its ENTRYPOINT, then its CMD (both in exec form)."""
+    final = dockerfile_stages()[-1]
+    command = [json.loads(arguments) for keyword, arguments in final if keyword in ("ENTRYPOINT", "CMD")]
+    return [part for parts in command for part in parts]
+
+
+def test_server_json_docker_label_and_pyproject_name_one_server():
+    """The names a maintainer must change before publishing (OWNER) stay one name: the registry's,
+    the repository's owner, and the image's label the registry checks an OCI image by."""
+    entry = json.loads(SERVER_JSON.read_text())
+    owner, slash, server = entry["name"].removeprefix("io.github.").partition("/")
+    assert entry["name"].startswith("io.github.") and slash and server == pyproject()["project"]["name"]
+    assert entry["repository"] == {"url": f"https://github.com/{owner}/{server}", "source": "github"}
+    labels = dict(
+        pair.partition("=")[::2] for keyword, arguments in dockerfile_stages()[-1] if keyword == "LABEL"
+        for pair in shlex.split(arguments)
+    )  # fmt: skip
+    assert labels["io.modelcontextprotocol.server.name"] == entry["name"]
+
+
+def test_the_image_runs_as_a_user_other_than_root_and_exposes_its_port():
+    final = dockerfile_stages()[-1]
+    users = [arguments.partition(":")[0] for keyword, arguments in final if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image would run the server as root"
+    command = image_command()
+    assert [arguments for keyword, arguments in final if keyword == "EXPOSE"] == [command[command.index("--port") + 1]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def listening(command: list[str], env: dict[str, str], cwd: Path, port: int) -> Iterator[None]:
+    """The server as a real process until the block ends, its output in files (a full pipe would block it)."""
+    with open(cwd / "server.out", "w") as out, open(cwd / "server.err", "w") as err:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                with socket.socket() as sock:
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the server did not start: {(cwd / 'server.err').read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def image_launch(program: list[str], port: int, **settings: str) -> tuple[list[str], dict[str, str]]:
+    """The image's command, its program given, as `docker run IMAGE --port PORT` runs it (argparse
+    keeps the last --port), with the image's ENV and the settings a user passes with -e. The PATH
+    is this machine's: the image's only puts its venv first."""
+    command = image_command()
+    image_env = {name: value for name, value in image_settings(dockerfile_stages()[-1]).items() if name != "PATH"}
+    return [*program, *command[1:], "--port", str(port)], clean_environment(**image_env, **settings)
+
+
+def checkout_program() -> list[str]:
+    """This checkout's server.py, standing in for the console script the image's command names."""
+    assert pyproject()["project"]["scripts"][image_command()[0]] == "server:main"
+    return [PYTHON, str(HERE / "server.py")]
+
+
+def test_the_image_refuses_to_start_without_a_token(tmp_path):
+    database = shop_database(tmp_path / "shop.db")
+    command, env = image_launch(checkout_program(), free_port(), MCP_DB_PATH=str(database))
+    host = command[command.index("--host") + 1]
+    assert host == "0.0.0.0", "in a container the server must listen on all interfaces to be reached"
+    done = subprocess.run(
+        command, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert f"refusing to listen on {host} without MCP_AUTH_TOKEN" in done.stderr
+    assert done.stdout == ""
+
+
+def unauthorized_status(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/mcp", body="{}", headers={"Accept": "application/json, text/event-stream"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+async def serves_with_a_token(program: list[str], tmp_path: Path) -> None:
+    """The image's command with a token and a user's database: a request without the token is turned
+    away, a client with it lists the tools, queries the database and sees the settings."""
+    token, port = secrets.token_hex(32), free_port()
+    database = shop_database(tmp_path / "shop.db")
+    command, env = image_launch(program, port, MCP_AUTH_TOKEN=token, MCP_DB_PATH=str(database), MCP_MAX_ROWS="2")
+    with listening(command, env, tmp_path, port):
+        assert unauthorized_status(port) == 401
+        async with Client(StreamableHttpTransport(f"http://127.0.0.1:{port}/mcp", auth=token), timeout=120) as client:
+            tools = {tool.name for tool in await client.list_tools()}
+            result = await client.call_tool("query_database", {"query": "SELECT name FROM customers ORDER BY id"})
+            settings = json.loads((await client.read_resource("config://app/settings"))[0].text)
+    assert "query_database" in tools and result.structured_content["rows"] == [["Ada"], ["Kofi"]]
+    assert settings["max_rows"] == 2
+
+
+async def test_the_image_with_a_token_serves_http(tmp_path):
+    await serves_with_a_token(checkout_program(), tmp_path)
+
+
+@pytest.fixture(scope="module")
+def image_venv(tmp_path_factory) -> Path:
+    """The build stage's steps, run here without Docker: each COPY takes its files from what
+    .dockerignore lets into the build, each `uv sync` runs with the stage's ENV into a venv of its own."""
+    uv = needs("uv")
+    build = dockerfile_stages()[0]
+    root = tmp_path_factory.mktemp("image")
+    venv, workdir = root / "venv", root / "src"
+    workdir.mkdir()
+    rules = [line.strip() for line in (HERE / ".dockerignore").read_text().splitlines()]
+    rules = [rule for rule in rules if rule and not rule.startswith("#")]
+
+    def sent(name: str) -> bool:
+        kept = True
+        for rule in rules:  # the last rule that matches decides
+            if fnmatch.fnmatch(name, rule.removeprefix("!")):
+                kept = rule.startswith("!")
+        return kept
+
+    assert not any(sent(name) for name in (".env", ".venv", ".git", "shop.db")), "secrets or state in the build"
+    # the machine's environment, as a build has its host's network (its certificates, any index mirror)
+    env = clean_environment() | image_settings(build) | {"UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON": PYTHON}
+    syncs = 0
+    for keyword, arguments in build:
+        if keyword == "COPY":
+            *sources, destination = shlex.split(arguments)
+            assert destination == "./"
+            for source in sources:
+                assert sent(source) and (HERE / source).is_file(), f"the build's COPY needs {source}"
+                shutil.copy2(HERE / source, workdir)
+        elif keyword == "RUN" and arguments.startswith("uv sync"):
+            done = subprocess.run(
+                [uv, *shlex.split(arguments)[1:]], cwd=workdir, env=env,
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr[-3000:]
+            syncs += 1
+    assert syncs == 2, "the build installs the dependencies, then the project"
+    return venv
+
+
+@pytest.mark.timeout(600)  # the first to ask builds the image's venv: on a fresh machine, downloads
+def test_the_image_venv_holds_the_server_and_the_postgres_driver_and_no_dev_tools(image_venv):
+    python = image_venv / "bin" / "python"
+    (site,) = image_venv.glob("lib/python3.*/site-packages")
+    assert (site / "server.py").is_file(), "non-editable: the venv has its own copy of server.py"
+    build_folder = str(image_venv.parent / "src")
+    assert not any(build_folder in pth.read_text() for pth in site.glob("*.pth")), "editable: it points at /src"
+    for module, present in (("psycopg", True), ("fastmcp", True), ("pytest", False), ("ruff", False)):
+        found = subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=120).returncode == 0
+        assert found == present, f"{module} {'missing from' if present else 'should not be in'} the image"
+    path = image_settings(dockerfile_stages()[-1])["PATH"]
+    assert path.startswith(image_settings(dockerfile_stages()[0])["UV_PROJECT_ENVIRONMENT"] + "/bin:")
+
+
+@pytest.mark.timeout(600)  # the first to ask builds the image's venv: on a fresh machine, downloads
+async def test_the_image_venv_serves_http_with_a_token(image_venv, tmp_path):
+    await serves_with_a_token([str(image_venv / "bin" / image_command()[0])], tmp_path)
+
+
+@pytest.mark.timeout(1800)
+def test_the_image_builds_and_refuses_to_start_without_a_token():
+    docker = needs("docker")
+    if subprocess.run([docker, "info"], capture_output=True, timeout=60).returncode != 0:
+        pytest.skip(
+            "no Docker daemon: run `docker build -t safe-data-mcp .` where one is"
+            " (CI has the docker client but no daemon, so this skips there too)"
+        )
+    tag = "safe-data-mcp:test"
+    built = subprocess.run([docker, "build", "-t", tag, str(HERE)], capture_output=True, text=True, timeout=1700)
+    assert built.returncode == 0, built.stderr[-3000:]
+    user = subprocess.run(
+        [docker, "run", "--rm", "--entrypoint", "id", tag, "-u"], capture_output=True, text=True, timeout=120
+    )
+    assert user.stdout.strip() not in ("", "0")
+    refused = subprocess.run([docker, "run", "--rm", tag], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "refusing to listen on 0.0.0.0 without MCP_AUTH_TOKEN" in refused.stderr
