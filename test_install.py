@@ -246,6 +246,27 @@ async def test_uvx_runs_a_checkout_from_another_folder(tmp_path):
     assert served["settings"]["max_rows"] == 2 and not list(elsewhere.iterdir())  # nothing left behind
 
 
+async def test_uvx_serves_a_checkouts_edited_server_py(tmp_path):
+    # uv rebuilds a local checkout only when one of its cache keys changes (pyproject.toml's [tool.uv]):
+    # without server.py among them, a `git pull` would go on serving the old server.py from the cache.
+    uvx = needs("uvx")
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("pyproject.toml", "uv.lock", "README.md", "server.py"):
+        shutil.copy2(HERE / name, checkout / name)
+
+    async def version() -> str:
+        transport = StdioTransport(uvx, ["--from", str(checkout), "safe-data-mcp"], clean_environment(), str(tmp_path))
+        async with Client(transport, timeout=120) as client:
+            return client.server_info.version
+
+    first = await version()
+    server_py = checkout / "server.py"
+    server_py.write_text(server_py.read_text().replace(f'SERVER_VERSION = "{first}"', 'SERVER_VERSION = "0-edited"'))
+    assert first == tomllib.loads((HERE / "pyproject.toml").read_text())["project"]["version"]
+    assert await version() == "0-edited"
+
+
 async def test_uvx_runs_a_git_url(tmp_path):
     uvx = needs("uvx")
     if subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
