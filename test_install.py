@@ -129,10 +129,11 @@ def bundle(mcpb, tmp_path_factory) -> Path:
     return output
 
 
-def installed(bundle: Path, folder: Path) -> Path:
-    """Unpack the bundle into a folder of its own, as Claude Desktop does when a user installs it."""
-    with zipfile.ZipFile(bundle) as archive:
-        archive.extractall(folder)
+def installed(mcpb: list[str], bundle: Path, folder: Path) -> Path:
+    """Unpack the bundle into a folder of its own, as Claude Desktop does when a user installs it, with the
+    official CLI's unpack (the same library's code)."""
+    unpacked = run_mcpb(mcpb, "unpack", str(bundle), str(folder))
+    assert unpacked.returncode == 0 and (folder / "manifest.json").is_file(), unpacked.stdout + unpacked.stderr
     return folder
 
 
@@ -197,8 +198,8 @@ def test_the_manifest_matches_the_server(tmp_path):
         assert option["default"] == Settings.model_fields[field].default
 
 
-async def test_the_installed_bundle_serves_the_users_settings(bundle, tmp_path):
-    folder = installed(bundle, tmp_path / "Claude Extensions" / "safe-data-mcp")
+async def test_the_installed_bundle_serves_the_users_settings(mcpb, bundle, tmp_path):
+    folder = installed(mcpb, bundle, tmp_path / "Claude Extensions" / "safe-data-mcp")
     manifest = json.loads((folder / "manifest.json").read_text())
     database = shop_database(tmp_path / "shop.db")
     exports = tmp_path / "shop-exports"
@@ -216,8 +217,8 @@ async def test_the_installed_bundle_serves_the_users_settings(bundle, tmp_path):
     assert (folder / ".venv").is_dir()  # uv built the bundle's own environment, not this checkout's
 
 
-async def test_the_installed_bundle_left_blank_serves_the_demo(bundle, tmp_path):
-    folder = installed(bundle, tmp_path / "Claude Extensions" / "safe-data-mcp")
+async def test_the_installed_bundle_left_blank_serves_the_demo(mcpb, bundle, tmp_path):
+    folder = installed(mcpb, bundle, tmp_path / "Claude Extensions" / "safe-data-mcp")
     manifest = json.loads((folder / "manifest.json").read_text())
     config = desktop_config(manifest, folder, {})  # the user fills in nothing
     assert not [v for v in [*config["args"], *config["env"].values()] if "${" in v], config  # all substituted
