@@ -374,8 +374,9 @@ class SQLiteEngine:
         self.path, self.heap_limit, self.exact_count_bytes = path, heap_limit, exact_count_bytes
         self.rules = hide or []  # MCP_HIDE's rules for this database (see SQLiteHidden)
         self.hidden: SQLiteHidden | None = None  # the rules expanded against the catalog, when there are any
-        self.catalog_of: tuple | None = None  # the file and schema version the two below were read for
-        self.module_tables: frozenset[str] = frozenset()  # R-tree shadow tables (see _authorize)
+        self.hidden_of: tuple | None = None  # the file and schema version they were expanded for
+        self.rtrees_of: tuple | None = None  # the same, for the R-trees opened on the current connection
+        self.module_tables: frozenset[str] = frozenset()  # their shadow tables (see _open_rtrees)
         self.trusted = False  # while the engine's own introspection runs: it leaves hidden things out itself
         self.conn: sqlite3.Connection | None = None
         self.identity: tuple[int, int] | None = None
@@ -422,13 +423,21 @@ class SQLiteEngine:
         if reason:
             self.refusals.append(reason)
             return sqlite3.SQLITE_DENY
-        if action in WRITE_ACTIONS and arg1 in self.module_tables:
-            # The R-tree module prepares its own INSERT/DELETE on its shadow tables when it first opens a
-            # table, even to read it; refused, no R-tree (GeoPackage, SpatiaLite) could be read. Nothing
-            # gets written: the connection is mode=ro and query_only, and SQLite keeps ordinary
-            # statements off shadow tables.
-            return sqlite3.SQLITE_OK
+        if self.trusted and action in WRITE_ACTIONS and arg1 in self.module_tables:
+            return sqlite3.SQLITE_OK  # the R-tree module's own statements, prepared in _open_rtrees
         return _authorize(self.refusals, action, arg1, arg2)
+
+    def _open_rtrees(self, conn: sqlite3.Connection) -> None:
+        """Open each R-tree table (GeoPackage and SpatiaLite keep one per geometry column) on behalf of
+        the engine. When the R-tree module first opens a table on a connection it prepares its own
+        INSERT, UPDATE and DELETE on the table's shadow tables, even to read it, and keeps them while the
+        connection lasts; refused, no R-tree could be read. Allowed only here: a caller's statement on a
+        shadow table is refused as any write is (and the connection is mode=ro and query_only besides)."""
+        names = rtree_tables(conn)
+        self.module_tables = frozenset(f"{name}{suffix}" for name in names for suffix in ("_node", "_parent", "_rowid"))
+        for name in names:
+            with contextlib.suppress(sqlite3.Error):  # a broken R-tree is the caller's error when it is read
+                conn.execute(f"SELECT 1 FROM {quote_identifier(name)} LIMIT 0").fetchall()
 
     def _forget_connection(self) -> None:
         if self.conn is not None:
@@ -455,14 +464,15 @@ class SQLiteEngine:
         try:
             if self.conn is None or self.identity != (info.st_dev, info.st_ino):
                 self._forget_connection()
-                self.conn, self.identity = self._open(), (info.st_dev, info.st_ino)
-            # Read again whenever the schema changed (another process's ALTER, CREATE INDEX).
+                self.conn, self.identity, self.rtrees_of = self._open(), (info.st_dev, info.st_ino), None
+            # Both read again whenever the schema changed (another process's ALTER, CREATE INDEX).
             version = (self.identity, self.conn.execute("PRAGMA schema_version").fetchone()[0])
-            if version != self.catalog_of:
-                self.catalog_of, self.module_tables = version, rtree_shadow_tables(self.conn)
-                if self.rules:
-                    self.hidden = SQLiteHidden(self.conn, self.rules)
-                    self._hide_view_columns(self.conn)
+            if version != self.rtrees_of:
+                self._open_rtrees(self.conn)
+                self.rtrees_of = version
+            if self.rules and version != self.hidden_of:
+                self.hidden, self.hidden_of = SQLiteHidden(self.conn, self.rules), version
+                self._hide_view_columns(self.conn)
             self.trusted = trusted
             yield self.conn, header
         except (sqlite3.Error, MemoryError) as exc:
@@ -716,19 +726,35 @@ def _cost(columns: list[str]) -> int:
     return reply_cost(encode_json(columns))
 
 
+IDENTIFIER = r"(?:\"(?:[^\"]|\"\")*\"|'(?:[^']|'')*'|\[[^\]]*\]|`(?:[^`]|``)*`|[\w$]+)"
+# The tables a trigger's body writes: INSERT/REPLACE INTO and UPDATE, with an optional OR ... and schema.
+TRIGGER_WRITES = re.compile(
+    rf"\b(?:INSERT|REPLACE)\s+(?:OR\s+\w+\s+)?INTO\s+(?:{IDENTIFIER}\s*\.\s*)?({IDENTIFIER})"
+    rf"|\bUPDATE\s+(?:OR\s+\w+\s+)?(?:{IDENTIFIER}\s*\.\s*)?({IDENTIFIER})",
+    re.IGNORECASE,
+)
+
+
+def unquote_identifier(name: str) -> str:
+    if name[:1] in "\"'`" and name[-1:] == name[:1]:
+        return name[1:-1].replace(name[0] * 2, name[0])
+    return name[1:-1] if name[:1] == "[" else name
+
+
 RTREE_MODULES = {"rtree", "rtree_i32", "geopoly"}
+# CREATE VIRTUAL TABLE [IF NOT EXISTS] name USING module: the name may be quoted, and may hold "USING".
+VIRTUAL_MODULE = re.compile(
+    r"CREATE\s+VIRTUAL\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    rf"(?:{IDENTIFIER}\s*\.\s*)?{IDENTIFIER}\s+USING\s+(\w+)",
+    re.IGNORECASE,
+)
 
 
-def rtree_shadow_tables(conn: sqlite3.Connection) -> frozenset[str]:
-    """The shadow tables of the R-tree virtual tables, from their CREATE statements in sqlite_schema
-    (read directly: naming the tables would open them, which is what needs this list)."""
-    names = set()
+def rtree_tables(conn: sqlite3.Connection) -> list[str]:
+    """The R-tree virtual tables, by their CREATE statements in sqlite_schema (read directly: naming the
+    tables would open them)."""
     rows = conn.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL%'")
-    for name, sql in rows:
-        module = re.search(r"\bUSING\s+(\w+)", sql, re.IGNORECASE)
-        if module and module.group(1).lower() in RTREE_MODULES:
-            names.update(f"{name}{suffix}" for suffix in ("_node", "_parent", "_rowid"))
-    return frozenset(names)
+    return [name for name, sql in rows if (m := VIRTUAL_MODULE.match(sql)) and m.group(1).lower() in RTREE_MODULES]
 
 
 def _authorize(refusals: list[str], action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
@@ -877,6 +903,7 @@ class SQLiteHidden:
                 ).fetchall():
                     if dest and dest.lower() in self.columns.get(target.lower(), ()):
                         self.hide_column(name, source)
+        self._hide_trigger_copies(conn)
         for _ in range(3):  # a vocabulary table over a hidden full-text table, and so on
             for name, kind, _ in own:
                 if kind == "virtual" and name.lower() not in self.tables and self._indexes_hidden_data(name):
@@ -939,9 +966,16 @@ class SQLiteHidden:
     def _indexes_hidden_data(self, name: str) -> bool:
         """Whether a virtual table (full-text, R-tree, a vocabulary) holds what is hidden: it keeps all its
         columns in one index, so one hidden column is enough, and so is an external content table
-        (content=...) or a table its arguments name that is hidden or hides one of its columns."""
+        (content=...) or a table its arguments name that is hidden or hides one of its columns, or, by the
+        GeoPackage and SpatiaLite naming of a geometry's R-tree (rtree_<table>_<column>, idx_<table>_<column>),
+        a hidden table or column."""
         if self.columns.get(name.lower()):
             return True
+        if convention := re.fullmatch(r"(?:rtree|idx)_(.+)", name.lower()):
+            for table in {*self.tables, *self.columns}:
+                column = convention.group(1).removeprefix(f"{table}_")
+                if column != convention.group(1) and (table in self.tables or column in self.columns.get(table, ())):
+                    return True
         sql = self.schema.get(name, ("", 0))[0]
         arguments = re.search(r"\((.*)\)\s*$", sql, re.DOTALL)
         named = {part.strip().strip("'\"`[]").lower() for part in (arguments.group(1) if arguments else "").split(",")}
@@ -949,6 +983,27 @@ class SQLiteHidden:
             named.add(content.group(1).lower())
         own = {col.lower() for col, *_ in self.xinfo[name]}
         return any(source in self.tables or own & self.columns.get(source, set()) for source in named)
+
+    def _hide_trigger_copies(self, conn: sqlite3.Connection) -> None:
+        """Hide what a trigger fills from hidden data: the table a trigger on a hidden table writes to, or
+        one that a trigger on a table with hidden columns writes to naming one of them (or `*`). This is
+        how GeoPackage and SpatiaLite keep each geometry's bounding box in an R-tree."""
+        triggers = conn.execute("SELECT name, tbl_name, sql FROM sqlite_schema WHERE type = 'trigger'").fetchall()
+        for _ in range(3):  # a copy of a copy
+            for trigger, source, sql in triggers:
+                body = re.split(r"\bBEGIN\b", sql or "", maxsplit=1, flags=re.IGNORECASE)[-1]
+                hidden = self.columns.get(source.lower(), set())
+                named = "*" in body or any(re.search(rf"\b{re.escape(col)}\b", body, re.IGNORECASE) for col in hidden)
+                if source.lower() not in self.tables and not (hidden and named):
+                    continue
+                for match in TRIGGER_WRITES.finditer(body):
+                    target = unquote_identifier(match.group(1) or match.group(2))
+                    if target.lower() not in (source.lower(), *self.tables):
+                        self.tables[target.lower()] = (
+                            f"the table {target} is hidden on this server (MCP_HIDE): the trigger {trigger}"
+                            f" fills it from {source}, whose data is hidden"
+                        )
+                        self.columns.pop(target.lower(), None)
 
     def _find_btrees(self, conn: sqlite3.Connection, name: str, without_rowid: bool) -> None:
         """Note where the b-trees of a table with hidden columns keep those columns (by position in a
@@ -3659,7 +3714,7 @@ class DataService:
             prefix = f"database {database.name!r}: "
             problem = await anyio.to_thread.run_sync(database_problem, database.pool.opening, prefix)
             if problem is None:
-                log.info("database %r of MCP_DATABASES is available now", database.name)
+                log.info("database %r of MCP_DATABASES: what made it unavailable is fixed", database.name)
             database.unavailable = problem[1] if problem else None
         return database.unavailable
 

@@ -31,6 +31,9 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 from pydantic import SecretStr
 
+# Installers fetch packages (from uv's cache when it is warm): slow on a loaded machine with a cold cache.
+pytestmark = pytest.mark.timeout(600)
+
 HERE = Path(__file__).parent
 PYTHON = sys.executable
 CI = os.environ.get("CI") == "true"
@@ -45,6 +48,12 @@ def needs(program: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def needs_a_git_checkout() -> None:
+    """Skip, saying why, where this copy is not a git checkout (a git+file:// URL needs one)."""
+    if subprocess.run([needs("git"), "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("this copy is not a git checkout: run the tests from a clone to try a git+file:// URL")
 
 
 def shop_database(path: Path) -> Path:
@@ -65,8 +74,9 @@ def clean_environment(**settings: str) -> dict[str, str]:
     """What an installer's launch sees: the machine's environment (its certificates, proxies and package
     caches, which uv needs to reach the index) without any trace of this test run's virtual environment
     or MCP_* settings, and then the given settings."""
-    run_only = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_PROJECT_ENVIRONMENT")
+    run_only = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_PROJECT_ENVIRONMENT", "DATABASE_URL")
     machine = {k: v for k, v in os.environ.items() if not k.startswith("MCP_") and k not in run_only}
+    machine["UV_PYTHON_DOWNLOADS"] = "never"  # a Python from GitHub: not reachable in CI, and not needed
     own_venv = (HERE / ".venv").resolve()
     paths = machine.get("PATH", os.defpath).split(os.pathsep)
     machine["PATH"] = os.pathsep.join(p for p in paths if p and not Path(p).resolve().is_relative_to(own_venv))
@@ -270,8 +280,7 @@ async def test_uvx_serves_a_checkouts_edited_server_py(tmp_path):
 
 async def test_uvx_runs_a_git_url(tmp_path):
     uvx = needs("uvx")
-    if subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
-        pytest.skip("this copy is not a git checkout: run the tests from a clone to try a git+file:// URL")
+    needs_a_git_checkout()
     database = shop_database(tmp_path / "shop.db")
     env = clean_environment(MCP_DB_PATH=str(database), MCP_QUERY_TIMEOUT_MS="4000")
     served = await launched(uvx, ["--from", f"git+{HERE.resolve().as_uri()}", "safe-data-mcp"], env, cwd=tmp_path)
@@ -366,8 +375,7 @@ def with_this_checkout(entry: dict[str, Any], database: Path, files: Path) -> di
 
 @pytest.mark.parametrize("source", ["README.md", "claude_desktop_config.example.json"])
 async def test_the_documented_uvx_entry_launches(tmp_path, source):
-    if subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
-        pytest.skip("this copy is not a git checkout: run the tests from a clone to try a git+file:// URL")
+    needs_a_git_checkout()
     if source == "README.md":
         blocks = json_blocks(HERE / source)
         entry = next(b["mcpServers"]["safe-data"] for b in blocks if "uvx" in json.dumps(b))

@@ -596,8 +596,21 @@ async def test_rtree_shadow_tables_stay_unwritable(tmp_path, files_root, stateme
         await call(client, "query_database", query="SELECT count(*) FROM rtree_parks_geom")  # the module is open
         message = await error_of(client, "query_database", query=statement)
         after = await call(client, "query_database", query="SELECT count(*) FROM rtree_parks_geom")
-    assert re.search(r"read-only|readonly|may not be modified|only read", message), message
+    table = re.search(r"(?:INTO|FROM|UPDATE) (\w+)", statement).group(1)
+    assert re.search(rf"only read-only statements are allowed: \w+ on {table} modifies the database", message), message
     assert after["rows"] == [[3]] and digest(db) == before
+
+
+async def test_rtree_tables_are_read_on_the_connection_after_a_held_page(tmp_path, files_root):
+    # In WAL mode a paged result keeps its connection, and the next call opens a new one.
+    db = geopackage_like(tmp_path / "parks.gpkg")
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    async with Client(create_server(Settings(db_path=db, files_root=files_root, pool_size=1))) as client:
+        first = await call(client, "query_database", query="SELECT id FROM rtree_parks_geom ORDER BY id", max_rows=1)
+        again = await call(client, "query_database", query="SELECT count(*) FROM rtree_parks_geom WHERE minx < 0")
+        rest = await call(client, "next_page", cursor=first["next_cursor"], max_rows=10)
+    assert first["rows"] == [[1]] and again["rows"] == [[2]] and rest["rows"] == [[2], [3]]
 
 
 async def test_an_rtree_made_while_serving_is_read(db_path, files_root):
@@ -931,6 +944,7 @@ async def test_a_bad_database_stops_only_itself(make_several, broken, scratch):
 
 async def test_a_database_fixed_while_serving_is_served(make_several, broken, shop_path, monkeypatch):
     async with Client(make_several({"library": broken["library"], "gone": broken["gone"]})) as client:
+        monkeypatch.setattr(server, "RECHECK_S", 3600.0)  # however slow this machine, no look again yet
         before = await error_of(client, "query_database", query="SELECT 1", database="gone")
         shutil.copy(shop_path, broken["gone"])  # the file is restored
         soon = await error_of(client, "query_database", query="SELECT 1", database="gone")
@@ -4128,3 +4142,79 @@ async def test_other_callers_statements_cannot_be_read_from_sqlite_stmt(make_ser
         for query in ("SELECT sql FROM sqlite_stmt", "SELECT count(*) FROM sqlite_stmt", "SELECT * FROM sqlite_stmt"):
             message = await error_of(client, "query_database", query=query)
             assert "sqlite_stmt is not available" in message and "literal" not in message, message
+
+
+# GeoPackage keeps each geometry's bounding box in an R-tree that triggers on the feature table fill.
+GEOPACKAGE_TRIGGERS = """
+CREATE TRIGGER rtree_parks_geom_insert AFTER INSERT ON parks WHEN (new.geom NOT NULL)
+BEGIN
+  INSERT OR REPLACE INTO rtree_parks_geom VALUES (NEW.fid, ST_MinX(NEW.geom), ST_MaxX(NEW.geom),
+                                                  ST_MinY(NEW.geom), ST_MaxY(NEW.geom));
+END;
+CREATE TRIGGER rtree_parks_geom_delete AFTER DELETE ON parks BEGIN DELETE FROM rtree_parks_geom WHERE id = OLD.fid; END;
+CREATE TABLE park_log (fid INTEGER, at TEXT);
+CREATE TRIGGER parks_logged AFTER UPDATE OF name ON parks BEGIN INSERT INTO park_log VALUES (NEW.fid, 'now'); END;
+"""
+
+
+@pytest.fixture
+def geopackage(tmp_path: Path) -> Path:
+    path = geopackage_like(tmp_path / "parks.gpkg")
+    with sqlite3.connect(path) as conn:
+        conn.executescript(GEOPACKAGE_TRIGGERS)
+    return path
+
+
+@pytest.mark.parametrize("hide", ["parks", "parks.geom", "rtree_parks_geom"])
+async def test_a_hidden_geometry_hides_its_rtree(geopackage, files_root, hide):
+    before = digest(geopackage)
+    async with Client(create_server(Settings(db_path=geopackage, files_root=files_root, hide=hide))) as client:
+        for query in (
+            "SELECT * FROM rtree_parks_geom",
+            "SELECT count(*) FROM rtree_parks_geom WHERE minx < 0",
+            "SELECT * FROM rtree_parks_geom_node",
+            "SELECT count(*) FROM rtree_parks_geom_rowid",
+        ):
+            message = await error_of(client, "query_database", query=query)
+            assert "is hidden on this server (MCP_HIDE)" in message, (query, message)
+        names = {t["name"] for t in (await call(client, "list_tables"))["tables"]}
+        log = await client.call_tool("query_database", {"query": "SELECT count(*) FROM park_log"}, raise_on_error=False)
+    assert not names & {"rtree_parks_geom", "rtree_parks_geom_node"}
+    # park_log gets only the keys of renamed parks: hidden with a hidden table, readable beside a hidden column
+    assert log.is_error == (hide == "parks") and ("park_log" in names) == (hide != "parks")
+    assert digest(geopackage) == before
+
+
+async def test_a_hidden_column_no_trigger_copies_leaves_the_rtree_readable(geopackage, files_root):
+    async with Client(create_server(Settings(db_path=geopackage, files_root=files_root, hide="parks.name"))) as client:
+        boxes = await call(client, "query_database", query="SELECT id FROM rtree_parks_geom WHERE minx < 0 ORDER BY id")
+        named = await error_of(client, "query_database", query="SELECT name FROM parks")
+    assert boxes["rows"] == [[2], [3]] and "parks.name is hidden" in named
+
+
+async def test_an_rtree_named_for_a_hidden_geometry_is_hidden_without_triggers(tmp_path, files_root):
+    db = geopackage_like(tmp_path / "parks.sqlite")  # no triggers: SpatiaLite's idx_<table>_<column> name alone
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE rtree_parks_geom RENAME TO idx_parks_geom")
+    async with Client(create_server(Settings(db_path=db, files_root=files_root, hide="parks.geom"))) as client:
+        message = await error_of(client, "query_database", query="SELECT * FROM idx_parks_geom")
+    assert "the table idx_parks_geom is hidden on this server (MCP_HIDE)" in message
+
+
+async def test_a_table_a_trigger_fills_from_a_hidden_column_is_hidden(hidden_db, files_root):
+    with sqlite3.connect(hidden_db) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE password_history (user_id INTEGER, old_hash TEXT);
+            CREATE TRIGGER keep_old_hashes BEFORE UPDATE OF password_hash ON users
+            BEGIN INSERT INTO "password_history" VALUES (OLD.id, OLD.password_hash); END;
+            CREATE TABLE name_changes (user_id INTEGER);
+            CREATE TRIGGER note_renames AFTER UPDATE OF name ON users
+            BEGIN INSERT INTO name_changes VALUES (NEW.id); END;
+            """
+        )
+    async with Client(create_server(Settings(db_path=hidden_db, files_root=files_root, hide=HIDE))) as client:
+        history = await error_of(client, "query_database", query="SELECT count(*) FROM password_history")
+        renames = await call(client, "query_database", query="SELECT count(*) FROM name_changes")
+    assert "the trigger keep_old_hashes fills it from users, whose data is hidden" in history
+    assert renames["rows"] == [[0]]
