@@ -4,7 +4,6 @@ with FastMCP's own client."""
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import http.client
 import json
@@ -13,15 +12,13 @@ import re
 import secrets
 import shlex
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import tomllib
 import typing
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +27,8 @@ import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 from pydantic import SecretStr
+
+from test_server import free_port, listening
 
 # Installers fetch packages (from uv's cache when it is warm): slow on a loaded machine with a cold cache.
 pytestmark = pytest.mark.timeout(600)
@@ -531,36 +530,6 @@ def test_the_image_runs_as_a_user_other_than_root_and_exposes_its_port():
     assert [arguments for keyword, arguments in final if keyword == "EXPOSE"] == [command[command.index("--port") + 1]]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def listening(command: list[str], env: dict[str, str], cwd: Path, port: int) -> Iterator[None]:
-    """The server as a real process until the block ends, its output in files (a full pipe would block it)."""
-    with open(cwd / "server.out", "w") as out, open(cwd / "server.err", "w") as err:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                with socket.socket() as sock:
-                    if sock.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the server did not start: {(cwd / 'server.err').read_text()[-2000:]}")
-                time.sleep(0.1)
-            yield
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 def image_launch(program: list[str], port: int, **settings: str) -> tuple[list[str], dict[str, str]]:
     """The image's command, its program given, as `docker run IMAGE --port PORT` runs it (argparse
     keeps the last --port), with the image's ENV and the settings a user passes with -e. The PATH
@@ -604,7 +573,7 @@ async def serves_with_a_token(program: list[str], tmp_path: Path) -> None:
     token, port = secrets.token_hex(32), free_port()
     database = shop_database(tmp_path / "shop.db")
     command, env = image_launch(program, port, MCP_AUTH_TOKEN=token, MCP_DB_PATH=str(database), MCP_MAX_ROWS="2")
-    with listening(command, env, tmp_path, port):
+    with listening(command, env, cwd=tmp_path, logs=tmp_path / "logs", port=port, start_s=120):
         assert unauthorized_status(port) == 401
         async with Client(StreamableHttpTransport(f"http://127.0.0.1:{port}/mcp", auth=token), timeout=120) as client:
             tools = {tool.name for tool in await client.list_tools()}
@@ -659,7 +628,6 @@ def image_venv(tmp_path_factory) -> Path:
     return venv
 
 
-@pytest.mark.timeout(600)  # the first to ask builds the image's venv: on a fresh machine, downloads
 def test_the_image_venv_holds_the_server_and_the_postgres_driver_and_no_dev_tools(image_venv):
     python = image_venv / "bin" / "python"
     (site,) = image_venv.glob("lib/python3.*/site-packages")
@@ -673,7 +641,6 @@ def test_the_image_venv_holds_the_server_and_the_postgres_driver_and_no_dev_tool
     assert path.startswith(image_settings(dockerfile_stages()[0])["UV_PROJECT_ENVIRONMENT"] + "/bin:")
 
 
-@pytest.mark.timeout(600)  # the first to ask builds the image's venv: on a fresh machine, downloads
 async def test_the_image_venv_serves_http_with_a_token(image_venv, tmp_path):
     await serves_with_a_token([str(image_venv / "bin" / image_command()[0])], tmp_path)
 

@@ -2617,15 +2617,23 @@ def test_generated_paths_never_read_or_list_outside_the_root(hostile):
 
 @contextlib.contextmanager
 def running(*args: str, env: dict[str, str], logs: Path, port: int) -> Iterator[subprocess.Popen]:
-    """The server as a real process on a loopback port; its output goes to files (a full pipe would block it)."""
+    """`python ARGS --port PORT` from this checkout, with the test run's environment and `env`."""
+    command = [PYTHON, *args, "--port", str(port)]
+    with listening(command, env={**os.environ, **env}, cwd=HERE, logs=logs, port=port) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def listening(
+    command: list[str], env: dict[str, str], cwd: Path, logs: Path, port: int, start_s: float = 30
+) -> Iterator[subprocess.Popen]:
+    """A server as a real process until the block ends, once it accepts connections on its loopback port;
+    its output goes to files (a full pipe would block it)."""
     logs.mkdir(exist_ok=True)
     with open(logs / f"{port}.out", "w") as out, open(logs / f"{port}.err", "w") as err:
-        process = subprocess.Popen(
-            [PYTHON, *args, "--port", str(port)], cwd=HERE, env={**os.environ, **env},
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-        )  # fmt: skip
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + start_s
             while True:
                 with socket.socket() as sock:
                     if sock.connect_ex(("127.0.0.1", port)) == 0:
