@@ -4405,6 +4405,14 @@ def main(argv: list[str] | None = None) -> None:
     if stateless and transport not in ("http", "streamable-http"):
         parser.error("--stateless needs --transport http")
     server = create_server(load_settings(**args))
+    for name in ("database_url", "databases"):
+        if args[name] and re.search(r"://[^/@\s]*:[^/@\s]*@", args[name]):  # user:password@ in a URL
+            flag = "--" + name.replace("_", "-")
+            log.warning(
+                "the password in %s shows in every process listing (ps, Task Manager): set MCP_%s in the"
+                " environment or a .env file instead",
+                flag, name.upper(),
+            )  # fmt: skip
     # Start-up leaves ~130,000 long-lived objects (FastMCP, the SDK, pydantic schemas): frozen, no
     # collection walks them again. A 10,000-row result allocates ~100,000 lists on its way out;
     # collecting every 10,000 allocations instead of 700 keeps the collector's share small. Together

@@ -3319,6 +3319,17 @@ def started(*args: str, env: dict[str, str], cwd: Path | None = None) -> subproc
     )  # fmt: skip
 
 
+def test_a_password_in_a_flag_is_warned_of(db_path, files_root):
+    unreachable = "postgresql://reader:s3cret@127.0.0.1:9/shop"  # port 9: nothing listens, a warning, not a stop
+    databases = json.dumps({"library": str(db_path), "shop": unreachable})
+    warned = started("--databases", databases, env={"MCP_FILES_ROOT": str(files_root)})
+    quiet = started("--db-path", str(db_path), env={"MCP_FILES_ROOT": str(files_root)})
+    assert warned.returncode == 0, warned.stderr
+    assert "the password in --databases shows in every process listing" in warned.stderr
+    assert "MCP_DATABASES in the environment" in warned.stderr and "s3cret" not in warned.stderr
+    assert quiet.returncode == 0 and "process listing" not in quiet.stderr
+
+
 def test_the_terminal_path_serves_your_data_from_a_settings_file(db_path, files_root, tmp_path, monkeypatch):
     (tmp_path / ".env").write_text(f"MCP_DB_PATH={db_path}\nMCP_FILES_ROOT={files_root}\n")
     monkeypatch.delenv("MCP_ENV_FILE")  # as a user has it: the .env of the folder the command runs in
