@@ -1636,6 +1636,30 @@ def test_an_audit_log_that_cannot_be_opened_stops_the_start(db_path, files_root,
     assert "bad setting MCP_AUDIT_LOG" in lines[0] and path in lines[0] and "Traceback" not in result.stderr
 
 
+def raw_stdio_session(messages: list[dict[str, Any]], env: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
+    """`python server.py` sent these JSON-RPC messages at once, with stdin kept open until every one
+    with an id is answered: every line it wrote on stdout, parsed (anything but JSON fails), and its stderr."""
+    process = subprocess.Popen(
+        [PYTHON, "server.py"], cwd=HERE, env={**os.environ, **env},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        process.stdin.write("".join(json.dumps(m) + "\n" for m in messages))
+        process.stdin.flush()
+        replies: list[dict[str, Any]] = []
+        while len([r for r in replies if "id" in r]) < len([m for m in messages if "id" in m]):
+            line = process.stdout.readline()
+            assert line, f"server closed stdout early: {process.stderr.read()}"
+            replies.append(json.loads(line))  # anything but JSON-RPC on stdout fails here
+    finally:
+        process.stdin.close()
+        process.wait(timeout=10)
+        stderr = process.stderr.read()
+        process.stdout.close()
+        process.stderr.close()
+    return replies, stderr
+
+
 def test_stdio_calls_are_audited_and_stdout_stays_protocol(server_env, tmp_path):
     log = tmp_path / "audit.jsonl"
     calls = [
@@ -1648,24 +1672,7 @@ def test_stdio_calls_are_audited_and_stdout_stays_protocol(server_env, tmp_path)
             "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "stdio-t", "version": "9"}}},
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
     ] + [{"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": p} for i, p in enumerate(calls, 2)]  # fmt: skip
-    process = subprocess.Popen(
-        [PYTHON, "server.py"], cwd=HERE, env={**os.environ, **server_env, "MCP_AUDIT_LOG": str(log)},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        process.stdin.write("".join(json.dumps(m) + "\n" for m in messages))
-        process.stdin.flush()
-        replies = []
-        while len([r for r in replies if "id" in r]) < len(messages) - 1:  # stdin stays open until all answered
-            line = process.stdout.readline()
-            assert line, "server closed stdout early"
-            replies.append(json.loads(line))  # anything but JSON-RPC on stdout fails here
-    finally:
-        process.stdin.close()
-        process.wait(timeout=10)
-        stderr = process.stderr.read()
-        process.stdout.close()
-        process.stderr.close()
+    replies, stderr = raw_stdio_session(messages, env={**server_env, "MCP_AUDIT_LOG": str(log)})
     assert all(r["jsonrpc"] == "2.0" for r in replies) and sorted(r["id"] for r in replies if "id" in r) == [1, 2, 3, 4]
     lines = sorted(audit_lines(log), key=lambda line: (line["tool"], line["outcome"]))  # in the order they ended
     assert [(line["tool"], line["outcome"]) for line in lines] == [
@@ -1827,30 +1834,7 @@ def test_stdout_carries_only_protocol(server_env):
         {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "query_database", "arguments": {
             "query": "SELECT 1"}}},
     ]  # fmt: skip
-    process = subprocess.Popen(
-        [PYTHON, "server.py"],
-        cwd=HERE,
-        env={**os.environ, **server_env, "MCP_LOG_LEVEL": "DEBUG"},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        for message in messages:
-            process.stdin.write(json.dumps(message) + "\n")
-        process.stdin.flush()
-        replies = []
-        while len([r for r in replies if "id" in r]) < 3:
-            line = process.stdout.readline()
-            assert line, f"server closed stdout early: {process.stderr.read()}"
-            replies.append(json.loads(line))  # anything but JSON-RPC on stdout fails here
-    finally:
-        process.stdin.close()
-        process.wait(timeout=10)
-        stderr = process.stderr.read()
-        process.stdout.close()
-        process.stderr.close()
+    replies, stderr = raw_stdio_session(messages, env={**server_env, "MCP_LOG_LEVEL": "DEBUG"})
     assert all(r["jsonrpc"] == "2.0" for r in replies)
     by_id = {r["id"]: r for r in replies if "id" in r}
     assert sorted(by_id) == [1, 2, 3]
